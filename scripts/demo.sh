@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The embedded end-to-end job: no Earth Engine account, no GPU.
+#   bundled real Landsat scenes -> export-landsat -> prepare-dataset -> train-model (tiny, CPU)
+#   -> inpaint-scene (Everest with a real SLC-off gap pattern; model vs GDAL FillNodata)
+# Every stage runs as a Prefect deployment on a local Prefect server (127.0.0.1, SQLite).
+# Outputs land in ./demo_out/. Set EDGEFILL_DEMO_TRAIN_STEPS to train longer/shorter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_venv.sh
+source .venv/bin/activate
+export PREFECT_HOME=${PREFECT_HOME:-$PWD/.prefect} PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+mkdir -p demo_out
+eval "$(bash scripts/prefect_server.sh start)"   # exports PREFECT_API_URL
+serve_pid=""
+cleanup() { [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null; bash scripts/prefect_server.sh stop >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+python -m flows.serve > demo_out/serve.log 2>&1 &
+serve_pid=$!
+python -m flows.wait_for_deployments export-landsat/default prepare-dataset/default train-model/default inpaint-scene/everest-demo
+
+run() { echo; echo "==> prefect deployment run $*"; prefect deployment run "$@" --watch; }
+run export-landsat/default
+run prepare-dataset/default
+run train-model/default
+run inpaint-scene/everest-demo
+echo
+cat demo_out/everest/summary.md

@@ -1,0 +1,351 @@
+"""Export real Landsat patches into the sharded Zarr store, resumably (``export_landsat``).
+
+Algorithm (deterministic from the config):
+
+1. The source plans a candidate stream (:mod:`pipeline.sampling`: stratified round-robin over
+   AOIs/scenes, each shuffled from the seed). The plan is saved inside the store
+   (``export_plan``, one JSON request per candidate) so a resume never re-plans.
+2. Shard ``k`` = candidates ``[k*S, (k+1)*S)``. A shard job fetches its candidates (concurrently
+   where the source allows), writes every per-patch array for that slice (skipped candidates:
+   ``valid`` False + ``skip_reason``), and only then sets ``export_done[k] = 1``.
+3. Shards run ``max_shards_in_flight`` at a time. The export ends at the first shard ``K`` whose
+   done-prefix holds ``>= target`` valid patches (or when candidates are exhausted); arrays are
+   then trimmed to those ``K`` shards, so an interrupted + resumed export equals an uninterrupted
+   one. A brand-new store is built under a temporary name and renamed into place once its
+   metadata is written; an existing store with another config hash is refused untouched.
+"""
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import zarr
+from pydantic import BaseModel
+
+from pipeline.export_config import ExportConfig, ExportError
+from pipeline.sampling import interleave
+from pipeline.sources.base import PatchRequest, PatchSource, SourceError
+from pipeline.store import PER_PATCH_ARRAYS, StoreError, config_hash, create_store, grow_store, open_store
+
+SHARD_DELAY_ENV = "EDGEFILL_EXPORT_SHARD_DELAY_S"  # test hook: seconds to sleep inside each shard job
+EXPORT_ARRAYS = PER_PATCH_ARRAYS + ("skip_reason",)
+
+
+class ShardResult(BaseModel):
+    shard: int
+    n_candidates: int
+    n_valid: int
+    skipped: dict[str, int]
+    seconds: float
+
+
+class ExportSummary(BaseModel):
+    """What an export did (small: safe as a Prefect result / artifact)."""
+
+    store: str
+    config_hash: str
+    source: str
+    n_candidates: int
+    n_patches: int
+    n_valid: int
+    n_train: int
+    n_test: int
+    skipped: dict[str, int]
+    failures: list[str]
+    shards_written_now: int
+    shards_total: int
+    complete: bool
+    exhausted: bool
+    seconds: float
+    quicklook: str | None = None
+    stac_catalog: str | None = None
+
+
+def build_source(config: ExportConfig, **kwargs: Any) -> PatchSource:
+    """The configured source (``credentials=`` may be injected for Earth Engine)."""
+    if config.source == "local":
+        from pipeline.sources.local import LocalSceneSource
+
+        return LocalSceneSource(config)
+    from pipeline.sources.earthengine import EarthEngineSource
+
+    return EarthEngineSource(config, **kwargs)
+
+
+def plan_candidates(source: PatchSource) -> list[PatchRequest]:
+    """The deterministic candidate stream (see module docstring)."""
+    strata = source.strata()  # type: ignore[attr-defined]
+    seed = source.config.seed  # type: ignore[attr-defined]
+    return interleave(strata, seed)
+
+
+# -- store lifecycle --------------------------------------------------------------------------
+
+def _initial_size(config: ExportConfig, n_candidates: int) -> int:
+    s = config.shard_patches
+    if config.target is None:
+        return n_candidates
+    return min(n_candidates, -(-int(config.target * 1.25) // s) * s)
+
+
+def create_export_store(config: ExportConfig, source: PatchSource, candidates: list[PatchRequest]) -> zarr.Group:
+    """Create the store under a temporary name, write metadata + plan, rename into place."""
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        data_config = config.data_config()
+        group = create_store(tmp, n_patches=_initial_size(config, len(candidates)), patch_size=config.patch_size,
+                             shard_patches=config.shard_patches, bands=source.bands, radiometry=source.radiometry,
+                             source=source.name, export_config=data_config)
+        s = config.shard_patches
+        group.create_array("skip_reason", shape=group["valid"].shape, dtype=str, chunks=(s,), fill_value="")
+        plan = group.create_array("export_plan", shape=(len(candidates),), dtype=str,
+                                  chunks=(min(max(len(candidates), 1), 8192),), fill_value="")
+        if candidates:
+            plan[:] = np.array([c.model_dump_json() for c in candidates])
+        meta = getattr(source, "scene_metadata", lambda: {})()
+        group.attrs.update({"n_candidates": len(candidates), "target": config.target,
+                            "scenes": meta, "export_summary": {"complete": False}})
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return zarr.open_group(str(out), mode="r+", zarr_format=3)
+
+
+def open_export_store(config: ExportConfig) -> zarr.Group:
+    """Open an existing store for resume; refuse one made with another config."""
+    out = Path(config.out)
+    try:
+        group = open_store(out, mode="r+", require=EXPORT_ARRAYS + ("export_plan", "export_done"))
+    except StoreError as exc:
+        raise ExportError(f"output path {out} exists but is not a resumable edgefill export store: {exc}; "
+                          "choose another --out or delete it") from exc
+    want = config_hash(config.data_config())
+    have = group.attrs.get("config_hash")
+    if have != want:
+        raise ExportError(f"output store {out} was exported with another config (hash {have}, this config {want}); "
+                          "choose another --out or delete the store (it was left untouched)")
+    return group
+
+
+def load_plan(group: zarr.Group) -> list[PatchRequest]:
+    return [PatchRequest.model_validate_json(s) for s in group["export_plan"][:]]
+
+
+def prepare_export(config: ExportConfig, source: PatchSource | None = None) -> tuple[zarr.Group, list[PatchRequest]]:
+    """Open (resume) or plan + create the store. Returns the group and the candidate plan."""
+    out = Path(config.out)
+    if out.exists():
+        group = open_export_store(config)
+        return group, load_plan(group)
+    source = source or build_source(config)
+    candidates = plan_candidates(source)
+    if not candidates:
+        raise ExportError("the plan holds no candidate patches (scenes smaller than a patch, or AOIs "
+                          "smaller than one 256 x 256 cell inside a scene footprint)")
+    return create_export_store(config, source, candidates), candidates
+
+
+# -- shards ---------------------------------------------------------------------------------
+
+def write_shard(store: str | Path, shard: int, candidates: list[PatchRequest], source: PatchSource) -> ShardResult:
+    """Fetch and write shard ``shard`` (whole-shard writes), then mark it done. Idempotent."""
+    t0 = time.perf_counter()
+    group = zarr.open_group(str(store), mode="r+", zarr_format=3)
+    s = group.attrs["shard_patches"]
+    lo = shard * s
+    patches = source.fetch_many(candidates)
+    delay = float(os.environ.get(SHARD_DELAY_ENV, "0") or 0)
+    if delay:
+        time.sleep(delay)
+    n, p = len(patches), group.attrs["patch_size"]
+    images = np.zeros((n, 3, p, p), dtype=group["images"].dtype)
+    for i, patch in enumerate(patches):
+        if patch.pixels is not None:
+            images[i] = patch.pixels
+    reqs = [patch.request for patch in patches]
+    sl = slice(lo, lo + n)
+    group["images"][sl] = images
+    group["transform"][sl] = np.array([r.transform for r in reqs], dtype=np.float64)
+    group["epsg"][sl] = np.array([r.epsg for r in reqs], dtype=np.int32)
+    group["scene_id"][sl] = np.array([r.scene_id for r in reqs])
+    group["acquired"][sl] = np.array([r.acquired for r in reqs])
+    group["sensor"][sl] = np.array([r.sensor for r in reqs])
+    group["split"][sl] = np.array([r.split for r in reqs])
+    group["skip_reason"][sl] = np.array([patch.skip or "" for patch in patches])
+    group["valid"][sl] = np.array([patch.skip is None for patch in patches])
+    group["export_done"][shard] = 1  # last: the shard counts only once every array is written
+    skipped: dict[str, int] = {}
+    for patch in patches:
+        if patch.skip:
+            skipped[patch.skip] = skipped.get(patch.skip, 0) + 1
+    return ShardResult(shard=shard, n_candidates=n, n_valid=sum(pt.skip is None for pt in patches),
+                       skipped=skipped, seconds=time.perf_counter() - t0)
+
+
+def _ensure_size(group: zarr.Group, n: int) -> None:
+    """Grow every per-patch array to ``n`` rows (and the shard record); safe after a kill mid-grow."""
+    grow_store(group, n)
+    s = group.attrs["shard_patches"]
+    for name in EXPORT_ARRAYS:  # grow_store looks at images only: catch up arrays a kill left short
+        arr = group[name]
+        if arr.shape[0] < n:
+            arr.resize((n, *arr.shape[1:]))
+    if group["export_done"].shape[0] < -(-n // s):
+        group["export_done"].resize((-(-n // s),))
+
+
+def _final_shards(done: np.ndarray, valid_per_shard: dict[int, int], n_shards: int, target: int | None) -> int | None:
+    """Number of shards the finished store holds, or None while more shards are needed."""
+    total = 0
+    for k in range(n_shards):
+        if k >= len(done) or not done[k]:
+            return None
+        total += valid_per_shard[k]
+        if target is not None and total >= target:
+            return k + 1
+    return n_shards
+
+
+ShardRunner = Callable[[int, list[PatchRequest]], ShardResult]
+
+
+def export_landsat(config: ExportConfig, *, source: PatchSource | None = None,
+                   run_shard: ShardRunner | None = None, max_shards_in_flight: int | None = None,
+                   progress: Callable[[int, int, int], None] | None = None) -> ExportSummary:
+    """Export (or resume) a store per ``config``; returns a small summary.
+
+    ``run_shard(k, candidates)`` runs one shard (default: :func:`write_shard` in a thread; the
+    Prefect flow passes a task). ``progress(shards_done, shards_planned, n_valid)`` is called
+    after each shard.
+    """
+    t0 = time.perf_counter()
+    out = Path(config.out)
+    existed = out.exists()
+    if existed:
+        open_export_store(config)  # refuse a mismatching store before touching the network
+    source = source or build_source(config)
+    group, candidates = prepare_export(config, source)
+    if group.attrs.get("export_summary", {}).get("complete"):
+        return ExportSummary(**{**group.attrs["export_summary"]["summary"], "shards_written_now": 0})
+    s = config.shard_patches
+    n_shards = -(-len(candidates) // s)
+    done = np.zeros(n_shards, dtype=bool)
+    have = group["export_done"][:]
+    done[: min(len(have), n_shards)] = have[:n_shards].astype(bool)
+    valid_arr = group["valid"][:]
+    valid_per_shard = {k: int(valid_arr[k * s:(k + 1) * s].sum()) for k in np.flatnonzero(done)}
+    target = config.target
+    if run_shard is None:
+        def run_shard(k: int, cands: list[PatchRequest]) -> ShardResult:
+            return write_shard(out, k, cands, source)
+    width = max_shards_in_flight or max(2, -(-2 * getattr(config, "concurrency", 8) // s) + 1)
+    if config.source == "local":
+        width = max_shards_in_flight or 2
+    failures: list[str] = list(group.attrs.get("export_failures", []))[-20:]
+    written_now = 0
+    in_flight: dict[Future, int] = {}
+    pending = [k for k in range(n_shards) if not done[k]]
+    pool = ThreadPoolExecutor(width, thread_name_prefix="export-shard")
+    try:
+        while True:
+            final = _final_shards(done, valid_per_shard, n_shards, target)
+            if final is not None:
+                break
+            while pending and len(in_flight) < width:
+                k = pending.pop(0)
+                _ensure_size(group, min(len(candidates), max((k + width + 1) * s, group["images"].shape[0])))
+                ctx = contextvars.copy_context()
+                in_flight[pool.submit(ctx.run, run_shard, k, candidates[k * s:(k + 1) * s])] = k
+            if not in_flight:
+                break  # every remaining shard failed
+            finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                k = in_flight.pop(fut)
+                try:
+                    result = fut.result()
+                except (SourceError, OSError) as exc:
+                    failures.append(f"shard {k}: {type(exc).__name__}: {str(exc)[:300]}")
+                    continue
+                done[k] = True
+                valid_per_shard[k] = result.n_valid
+                written_now += 1
+                if progress:
+                    progress(int(done.sum()), n_shards, sum(valid_per_shard.values()))
+            if failures and not pending and not in_flight:
+                break
+    finally:
+        for fut in in_flight:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+    group.attrs["export_failures"] = failures
+    final = _final_shards(done, valid_per_shard, n_shards, target)
+    if final is None:
+        group.attrs["export_summary"] = {"complete": False}
+        raise ExportError(f"export to {out} incomplete: {len(failures)} shard failure(s), last: "
+                          f"{failures[-1] if failures else '?'}; rerun the same command to resume")
+    return finalize_export(group, config, candidates, final, written_now, failures, time.perf_counter() - t0)
+
+
+def finalize_export(group: zarr.Group, config: ExportConfig, candidates: list[PatchRequest], n_final_shards: int,
+                    written_now: int, failures: list[str], seconds: float) -> ExportSummary:
+    """Trim to the final shards (idempotent), write STAC + quicklook, record the summary."""
+    from pipeline.export_report import write_quicklook
+    from pipeline.stac_items import write_stac_catalog
+
+    s = config.shard_patches
+    n = min(n_final_shards * s, len(candidates))
+    for name in EXPORT_ARRAYS:
+        arr = group[name]
+        if arr.shape[0] != n:
+            arr.resize((n, *arr.shape[1:]))
+    if group["export_done"].shape[0] != n_final_shards:
+        group["export_done"].resize((n_final_shards,))
+    valid = group["valid"][:]
+    split = group["split"][:]
+    reasons = group["skip_reason"][:]
+    skipped = {str(r): int((reasons == r).sum()) for r in sorted(set(reasons[~valid].tolist()))}
+    out = Path(config.out)
+    quicklook = write_quicklook(group, out.parent / f"{out.stem}_quicklook.png")
+    stac = write_stac_catalog(group, out)
+    summary = ExportSummary(
+        store=str(out), config_hash=group.attrs["config_hash"], source=group.attrs["source"],
+        n_candidates=len(candidates), n_patches=n, n_valid=int(valid.sum()),
+        n_train=int((valid & (split == "train")).sum()), n_test=int((valid & (split == "test")).sum()),
+        skipped=skipped, failures=failures, shards_written_now=written_now, shards_total=n_final_shards,
+        complete=True, exhausted=n_final_shards * s >= len(candidates), seconds=round(seconds, 3),
+        quicklook=str(quicklook) if quicklook else None, stac_catalog=str(stac))
+    stable = summary.model_dump(exclude={"shards_written_now", "seconds", "failures", "store", "quicklook", "stac_catalog"})
+    group.attrs["export_summary"] = {"complete": True, "summary": summary.model_dump(),
+                                     "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                     "content": stable}
+    return summary
+
+
+def summary_markdown(summary: ExportSummary) -> str:
+    """Markdown for the Prefect artifact (no credentials: the config's key path is not included)."""
+    skips = ", ".join(f"{k}: {v}" for k, v in summary.skipped.items()) or "none"
+    lines = [f"# export-landsat: `{summary.store}`", "",
+             "| metric | value |", "|---|---|",
+             f"| source | {summary.source} |", f"| config hash | `{summary.config_hash}` |",
+             f"| candidates planned | {summary.n_candidates} |", f"| patches in store | {summary.n_patches} |",
+             f"| valid patches | {summary.n_valid} (train {summary.n_train}, test {summary.n_test}) |",
+             f"| skipped | {skips} |", f"| shards | {summary.shards_total} ({summary.shards_written_now} written this run) |",
+             f"| failures | {len(summary.failures)} |", f"| seconds | {summary.seconds} |"]
+    if summary.quicklook:
+        lines += ["", f"Quicklook mosaic: `{summary.quicklook}`", "", f"![quicklook]({Path(summary.quicklook).resolve().as_uri()})"]
+    if summary.failures:
+        lines += ["", "## Failures", *[f"- {f}" for f in summary.failures[-10:]]]
+    return "\n".join(lines)

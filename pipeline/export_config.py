@@ -1,0 +1,112 @@
+"""Configuration of one export (pydantic, Raster Vision style) and its data-version hash.
+
+Fields that change WHICH pixels land in the store enter :meth:`ExportConfig.data_config` (and
+so the store's ``config_hash``); operational fields (output path, concurrency, credentials,
+endpoint, retry policy) do not, so a rerun with more workers or another key still resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from pipeline.scenes import CATALOG_DIR
+
+DEFAULT_AOI_DIR = CATALOG_DIR / "aois"
+TOA_COLLECTION = "LANDSAT/LE07/C02/T1_TOA"
+SR_COLLECTION = "LANDSAT/LE07/C02/T1_L2"
+HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
+SLC_FAILURE_DATE = "2003-05-31"
+
+
+class ExportError(ValueError):
+    """The export cannot run as configured (bad input, mismatching store, failed shards)."""
+
+
+class ExportConfig(BaseModel):
+    """Everything ``export_landsat`` needs. Units: pixels (size, stride), fractions in [0, 1]."""
+
+    source: Literal["local", "earthengine"] = "local"
+    out: Path = Path("demo_out/landsat.zarr")
+    seed: int = 0
+    count: int | None = Field(None, description="target number of VALID patches; None = all (local) / 60000 (EE)")
+    patch_size: int = 256
+    shard_patches: int = Field(16, ge=1, le=4096)
+    max_nodata: float = Field(0.01, ge=0.0, le=1.0, description="max fraction of missing pixels in a kept patch")
+    # local source
+    dataset: str | None = Field(None, description="data_catalog/datasets/<name>.json entry overriding scenes/splits")
+    scenes: list[str] | None = None
+    splits: dict[str, str] | None = Field(None, description="scene id -> train/test (default: the scene's role)")
+    stride: int = Field(256, ge=1)
+    include_holdout: bool = False
+    # earth engine source
+    project: str | None = None
+    key: Path | None = Field(None, description="service-account JSON key (else $EDGEFILL_EE_KEY / $GOOGLE_APPLICATION_CREDENTIALS)")
+    api_url: str | None = Field(None, description="Earth Engine endpoint; None = the standard one")
+    high_volume: bool = False
+    product: Literal["toa", "sr"] = "toa"
+    aois: list[Path] | None = Field(None, description="GeoJSON AOI files (default: data_catalog/aois/*.geojson)")
+    start: str = "1999-06-01"
+    end: str = "2003-05-30"
+    max_scene_cloud_cover: float = Field(30.0, ge=0.0, le=100.0, description="CLOUD_COVER (%) scene filter")
+    max_cloud_fraction: float = Field(0.02, ge=0.0, le=1.0, description="QA_PIXEL cloud/shadow fraction allowed per patch")
+    test_fraction: float = Field(1 / 6, ge=0.0, le=1.0, description="share of AOIs without a 'split' property sent to test")
+    concurrency: int = Field(32, ge=1, le=40, description="concurrent computePixels requests (GEE allows 40)")
+    max_requests_per_s: float = Field(90.0, gt=0.0, le=100.0, description="request rate cap (GEE: 100/s per project)")
+    max_attempts: int = Field(6, ge=1)
+    backoff_s: float = Field(0.5, ge=0.0, description="first retry delay; doubles each attempt, with jitter")
+    timeout_s: float = Field(60.0, gt=0.0)
+
+    @field_validator("count")
+    @classmethod
+    def _positive_count(cls, v: int | None) -> int | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"count must be a positive number of patches, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExportConfig":
+        if self.start >= self.end:
+            raise ValueError(f"date window is empty: start {self.start} >= end {self.end}")
+        if self.source == "earthengine" and self.end > SLC_FAILURE_DATE:
+            warnings.warn(f"date window ends {self.end}, after the Landsat 7 SLC failure ({SLC_FAILURE_DATE}): "
+                          "scenes will have stripes, unfit as complete training targets", stacklevel=2)
+        return self
+
+    @property
+    def target(self) -> int | None:
+        if self.count is not None:
+            return self.count
+        return 60000 if self.source == "earthengine" else None
+
+    def aoi_files(self) -> list[Path]:
+        if self.aois is not None:
+            return [Path(p) for p in self.aois]
+        return sorted(DEFAULT_AOI_DIR.glob("*.geojson"))
+
+    @property
+    def collection(self) -> str:
+        return TOA_COLLECTION if self.product == "toa" else SR_COLLECTION
+
+    @property
+    def band_ids(self) -> list[str]:
+        return ["B3", "B2", "B1"] if self.product == "toa" else ["SR_B3", "SR_B2", "SR_B1"]
+
+    def data_config(self) -> dict[str, Any]:
+        """The fields that define the store's content (hashed into ``config_hash``)."""
+        common = {"source": self.source, "seed": self.seed, "count": self.target,
+                  "patch_size": self.patch_size, "shard_patches": self.shard_patches,
+                  "max_nodata": self.max_nodata}
+        if self.source == "local":
+            return {**common, "dataset": self.dataset, "scenes": self.scenes, "splits": self.splits,
+                    "stride": self.stride, "include_holdout": self.include_holdout}
+        aois = {}
+        for path in self.aoi_files():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+            aois[path.name] = digest
+        return {**common, "collection": self.collection, "bands": self.band_ids, "aois": aois,
+                "start": self.start, "end": self.end, "max_scene_cloud_cover": self.max_scene_cloud_cover,
+                "max_cloud_fraction": self.max_cloud_fraction, "test_fraction": self.test_fraction}

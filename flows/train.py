@@ -1,0 +1,144 @@
+"""Prefect flows ``train-model`` and ``retrain-model`` (thin: the work is in :mod:`models`).
+
+- ``train-model``: train (in-process, or ``nproc`` > 1 ranks through torchrun launched as a
+  subprocess), evaluate on the test split's fixed pairings, register the run in the model
+  registry and promote it if it beats the current model on ``hole_psnr`` (the first model is
+  promoted). Artifacts: training summary with loss plot and sample grid (image files referenced
+  by path), evaluation table.
+- ``retrain-model``: fine-tune the registry's current model on the latest store, evaluate the
+  candidate AND the current model on the same fixed test pairings, register the candidate and
+  promote it only if its hole-region PSNR is higher; otherwise keep the current one and say why.
+
+Deployments: ``train-model/default`` (the demo preset on ./demo_out/landsat.zarr) and
+``retrain-model/nightly`` (cron ``0 3 * * *``, UTC).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from models.evaluate import evaluate, model_metrics, write_report
+from models.registry import PRIMARY_METRIC, current_model, promote_if_better, register_model, resolve_model
+
+DEFAULT_STORE = "./demo_out/landsat.zarr"
+DEFAULT_RUN_DIR = "./demo_out/runs/demo"
+NIGHTLY_CRON = "0 3 * * *"
+
+
+def build_train_config(config: str | dict = "demo", mode: str | None = None, max_steps: int | None = None,
+                       overrides: list[str] | None = None):
+    """``config``: a preset name (tiny / full / demo) or a ModelConfig dict."""
+    from models.train import build_config
+    return build_config(config, mode=mode, max_steps=max_steps, overrides=overrides)
+
+
+@task(name="train")
+def train_task(store: str, run_dir: str, config: str | dict, mode: str | None, max_steps: int | None,
+               overrides: list[str] | None, nproc: int, init_from: str | None = None) -> dict[str, Any]:
+    """One task for the whole run; several ranks = one torchrun subprocess."""
+    if nproc > 1:
+        from models.ddp import launch_torchrun
+        if isinstance(config, dict):
+            from models.checkpoint import atomic_write_json
+            atomic_write_json(Path(run_dir) / "requested_config.json", config)
+            cfg_args = ["--config-file", str(Path(run_dir) / "requested_config.json")]
+        else:
+            cfg_args = ["--config", config]
+        args = cfg_args + (["--mode", mode] if mode else []) + \
+               (["--max-steps", str(max_steps)] if max_steps is not None else []) + \
+               [a for o in (overrides or []) for a in ("--set", o)] + (["--init-from", init_from] if init_from else [])
+        launch_torchrun(store, run_dir, nproc, args)
+        return json.loads((Path(run_dir) / "metrics.json").read_text())["training"]
+    from models.train import train
+    cfg = build_train_config(config, mode, max_steps, overrides)
+    return asdict(train(store, run_dir, cfg, init_from=init_from, progress=False))
+
+
+@task(name="evaluate")
+def evaluate_task(store: str, model: str, out_dir: str, pairs_per_bin: int | None, baselines: bool = True) -> dict:
+    methods = ("model", "telea", "ns", "gdal") if baselines else ("model",)
+    result = evaluate(store, model, methods=methods, pairs_per_bin=pairs_per_bin)
+    files = write_report(result, out_dir)
+    return {"metrics": model_metrics(result), "files": files, "rows": result.rows, "overall": result.overall}
+
+
+def _train_artifacts(summary: dict, evaluation: dict, key: str) -> None:
+    images = [s for s in summary.get("samples", []) if s.endswith(".png")]
+    md = [f"## {key}: `{summary['run_dir']}`", "", "| | |", "|---|---|",
+          f"| steps / epochs | {summary['steps']} / {summary['epochs']} |",
+          f"| G1 loss stage | {summary['stage']} (switch at step {summary['stage_switch_step']}) |",
+          f"| held-out hole L1 start -> end | {summary['held_out_start'].get('hole_l1', float('nan')):.4f} -> "
+          f"{summary['held_out_end'].get('hole_l1', float('nan')):.4f} |",
+          f"| images/s | {summary['images_per_s']:.2f} on {summary['device']} x {summary['world_size']} |",
+          f"| {PRIMARY_METRIC} (test pairings) | {evaluation['metrics'][PRIMARY_METRIC]:.3f} dB |"]
+    md += [f"| warning | {w} |" for w in summary.get("warnings", [])]
+    md += [""] + [f"![{Path(p).name}]({Path(p).resolve().as_uri()})" for p in images[-2:]]
+    create_markdown_artifact(key=key, markdown="\n".join(md), description="training summary, loss plot, samples")
+    rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+            for r in evaluation["rows"] if r["ratio_bin"] == "all"]
+    create_table_artifact(key=f"{key}-evaluation", table=rows, description="evaluation on fixed test pairings")
+
+
+@flow(name="train-model", log_prints=True)
+def train_model_flow(store: str = DEFAULT_STORE, run_dir: str = DEFAULT_RUN_DIR, config: str = "demo",
+                     mode: str | None = None, max_steps: int | None = None, overrides: list[str] | None = None,
+                     nproc: int = 1, pairs_per_bin: int | None = 2, add_to_registry: bool = True) -> dict:
+    """Train, evaluate, register (+ promote if better). Returns paths and small summaries."""
+    summary = train_task(store, run_dir, config, mode, max_steps, overrides, nproc)
+    evaluation = evaluate_task(store, run_dir, str(Path(run_dir) / "eval"), pairs_per_bin)
+    metrics_path = Path(run_dir) / "metrics.json"
+    data = json.loads(metrics_path.read_text())
+    data["evaluation"] = evaluation["metrics"]
+    from models.checkpoint import atomic_write_json
+    atomic_write_json(metrics_path, data)
+    result = {"run_dir": run_dir, "metrics": evaluation["metrics"], "evaluation_files": evaluation["files"]}
+    if add_to_registry:
+        entry = register_model(run_dir, metrics=evaluation["metrics"])
+        decision = promote_if_better(entry["name"])
+        print(decision.reason)
+        result.update(model=entry["name"], promoted=decision.promoted, reason=decision.reason)
+    _train_artifacts(summary, evaluation, "train-model")
+    return result
+
+
+@flow(name="retrain-model", log_prints=True)
+def retrain_model_flow(store: str = DEFAULT_STORE, out_root: str = "./demo_out/runs", base: str = "current",
+                       max_steps: int = 200, overrides: list[str] | None = None, pairs_per_bin: int | None = 2,
+                       min_improvement: float = 0.0) -> dict:
+    """Fine-tune the current model on ``store``; promote only if better on hole-region PSNR."""
+    base_dir = resolve_model(base)
+    base_name = current_model() if base == "current" else str(base)
+    from models.checkpoint import read_run_config
+    preset = read_run_config(base_dir)["model_config"]
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run_dir = str(Path(out_root) / f"retrain-{stamp}")
+    summary = train_task(store, run_dir, preset, None, max_steps, overrides, 1, init_from=str(base_dir))
+    cand = evaluate_task(store, run_dir, str(Path(run_dir) / "eval"), pairs_per_bin)
+    cur = evaluate_task(store, str(base_dir), str(Path(run_dir) / "eval-current"), pairs_per_bin, baselines=False)
+    entry = register_model(run_dir, metrics=cand["metrics"])
+    decision = promote_if_better(entry["name"], current_value=cur["metrics"][PRIMARY_METRIC],
+                                 min_improvement=min_improvement)
+    print(decision.reason)
+    create_markdown_artifact(key="retrain-model", markdown=(
+        f"## retrain-model\n\nbase `{base_name}` fine-tuned {summary['steps']} steps on `{store}` -> `{entry['name']}`\n\n"
+        f"**{'PROMOTED' if decision.promoted else 'KEPT ' + str(decision.current)}**: {decision.reason}\n"))
+    _train_artifacts(summary, cand, "retrain-model-run")
+    return {"run_dir": run_dir, "candidate": entry["name"], "base": base_name, "promoted": decision.promoted,
+            "reason": decision.reason, "candidate_metrics": cand["metrics"], "current_metrics": cur["metrics"]}
+
+
+def deployments() -> list:
+    return [
+        train_model_flow.to_deployment(
+            name="default", parameters={"store": DEFAULT_STORE, "run_dir": DEFAULT_RUN_DIR, "config": "demo"},
+            description="Train the tiny demo model (joint G1+G2, ~3-5 min on 2 CPU cores); use config=full on GPUs"),
+        retrain_model_flow.to_deployment(
+            name="nightly", cron=NIGHTLY_CRON, parameters={"store": DEFAULT_STORE},
+            description="Fine-tune the current model on the latest store; promote only if hole PSNR improves"),
+    ]

@@ -1,0 +1,143 @@
+"""Pydantic configuration of the models stage: architecture, losses, stage schedule, training.
+
+One :class:`ModelConfig` describes a run completely; it is written to ``RUN_DIR/config.json``
+and read back by :mod:`models.checkpoint`. Presets: :meth:`ModelConfig.full` (EdgeConnect
+sizes, the GPU default), :meth:`ModelConfig.tiny` (16 base channels, 2 residual blocks, CPU
+tests) and :meth:`ModelConfig.demo` (tiny, joint mode, a few minutes on 2 CPU cores).
+
+Conventions: mask 1 = missing; edges 1 = edge; images float32 NCHW in [0, 1].
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TrainMode = Literal["edge", "inpaint", "joint"]
+GanObjective = Literal["bce", "l1", "l2"]
+
+
+class LossConfig(BaseModel):
+    """Loss weights and objectives (seed method for G1, EdgeConnect for G2).
+
+    G1 stage 1: ``edge_adv_stage1`` objective over the whole edge map, feature matching with
+    the L1 norm; stage 2: ``edge_adv_stage2`` objective on ``edge * mask`` only, feature
+    matching with the L2 norm. Structural loss is ``1 - SSIM(raw * M, gen * M)``
+    (Gaussian window ``ssim_window`` px, sigma 1.5, data range 1). G2: L1 normalised by the
+    hole fraction, adversarial, perceptual and style (VGG19 features, off without weights).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    edge_adv_weight: float = 1.0
+    edge_fm_weight: float = 20.0
+    edge_structure_weight: float = 5.0
+    edge_adv_stage1: GanObjective = "l1"
+    edge_adv_stage2: GanObjective = "l2"
+    ssim_window: int = 11
+    inpaint_l1_weight: float = 1.0
+    inpaint_adv_weight: float = 0.1
+    inpaint_adv: GanObjective = "bce"
+    perceptual_weight: float = 0.1
+    style_weight: float = 250.0
+
+
+class StageSchedule(BaseModel):
+    """G1 switches from stage 1 to stage 2 when the held-out edge MAPE drops below
+    ``mape_threshold`` or when ``max_stage1_epochs`` epochs have run, whichever comes first.
+    The MAPE is checked every ``mape_every`` steps on ``mape_patches`` test patches."""
+
+    model_config = ConfigDict(extra="forbid")
+    mape_threshold: float = 0.1
+    max_stage1_epochs: int = 100
+    mape_every: int = 500
+    mape_patches: int = 8
+
+
+class TrainConfig(BaseModel):
+    """Optimisation and bookkeeping. Steps count generator updates (one batch each)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: TrainMode = "joint"
+    batch_size: int = Field(8, ge=1)
+    crop_size: int | None = Field(None, description="random square crop (px, multiple of 4) of each patch; None = whole patch")
+    max_steps: int = Field(200_000, ge=0)
+    lr_g: float = 1e-4
+    lr_d: float = 1e-5
+    betas: tuple[float, float] = (0.0, 0.9)
+    checkpoint_every: int = Field(1000, ge=1)
+    log_every: int = Field(50, ge=1)
+    sample_every: int = Field(1000, ge=1)
+    seed: int = 0
+    num_workers: int = 0
+    deterministic: bool = False
+    amp_bf16: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    vgg19_weights: Path | None = Field(None, description="torchvision VGG19 ImageNet state dict (.pth); env EDGEFILL_VGG19_WEIGHTS")
+
+    def resolved_vgg19_weights(self) -> Path | None:
+        if self.vgg19_weights is not None:
+            return Path(self.vgg19_weights)
+        env = os.environ.get("EDGEFILL_VGG19_WEIGHTS")
+        return Path(env) if env else None
+
+
+class ModelConfig(BaseModel):
+    """Architecture (EdgeConnect, configurable width/depth) plus losses, schedule and training.
+
+    ``base_channels`` is the first conv's width (64 in EdgeConnect); the encoder doubles it
+    twice; ``residual_blocks`` (8) run at 4 x base with dilation 2 in their first conv.
+    ``disc_channels`` is D's first width (64 -> 128 -> 256 -> 512 -> 1).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "full"
+    base_channels: int = Field(64, ge=1)
+    residual_blocks: int = Field(8, ge=0)
+    disc_channels: int = Field(64, ge=1)
+    edge_spectral_norm: bool = True
+    losses: LossConfig = LossConfig()
+    schedule: StageSchedule = StageSchedule()
+    train: TrainConfig = TrainConfig()
+
+    def architecture(self) -> dict:
+        """The fields that decide tensor shapes (what a checkpoint must match)."""
+        return {"base_channels": self.base_channels, "residual_blocks": self.residual_blocks,
+                "disc_channels": self.disc_channels, "edge_spectral_norm": self.edge_spectral_norm,
+                "g1_inputs": ["mask", "masked_edges"], "g2_inputs": ["masked_rgb", "edges"], "d1_inputs": ["edges"]}
+
+    def architecture_hash(self) -> str:
+        blob = json.dumps(self.architecture(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @classmethod
+    def full(cls, **train) -> "ModelConfig":
+        train = {"num_workers": 4, **train}  # DataLoader workers read Zarr while the GPU trains
+        return cls(name="full", train=TrainConfig(**train))
+
+    @classmethod
+    def tiny(cls, **train) -> "ModelConfig":
+        train = {"batch_size": 4, "checkpoint_every": 50, "log_every": 5, "sample_every": 50,
+                 "amp_bf16": False, "channels_last": False, **train}
+        return cls(name="tiny", base_channels=16, residual_blocks=2, disc_channels=16,
+                   schedule=StageSchedule(mape_every=20, mape_patches=4, max_stage1_epochs=100),
+                   train=TrainConfig(**train))
+
+    @classmethod
+    def demo(cls, **train) -> "ModelConfig":
+        """Tiny joint model, 128 px crops: ~3-5 minutes for the default steps on 2 CPU cores."""
+        train = {"mode": "joint", "max_steps": 300, "crop_size": 128, "checkpoint_every": 100,
+                 "sample_every": 100, **train}
+        cfg = cls.tiny(**train)
+        return cfg.model_copy(update={"name": "demo"})
+
+    @classmethod
+    def preset(cls, name: str, **train) -> "ModelConfig":
+        presets = {"tiny": cls.tiny, "full": cls.full, "demo": cls.demo}
+        if name not in presets:
+            raise ValueError(f"unknown model config preset {name!r}; choose one of {sorted(presets)}")
+        return presets[name](**train)

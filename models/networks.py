@@ -1,0 +1,146 @@
+"""EdgeConnect networks (arXiv 1901.00212) with the seed's G1 input change.
+
+- :class:`EdgeGenerator` (G1): input = (mask, masked edges), 2 channels, NO grayscale.
+  Reflection-pad 7x7 conv -> two 4x4 stride-2 convs -> residual blocks (first conv dilation 2)
+  -> two transposed convs -> 7x7 conv, sigmoid. Instance norm; spectral norm on its convs.
+- :class:`InpaintGenerator` (G2): input = (masked RGB with holes set to 1, completed edges),
+  4 channels, same body without spectral norm, output ``(tanh + 1) / 2`` in [0, 1].
+- :class:`Discriminator` (D1/D2): 70x70 PatchGAN, 4x4 kernels, spectral norm, LeakyReLU 0.2;
+  returns raw logits and the intermediate activations (for feature matching).
+
+Full sizes: G1 10,757,953, G2 10,774,595, D1 (1 channel) 2,761,728, D2 (3 channels)
+2,763,776 parameters. Inputs must be float32 NCHW, H and W multiples of 4, mask 1 = missing.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from models.config import ModelConfig
+
+
+def _sn(module: nn.Module, enabled: bool) -> nn.Module:
+    return spectral_norm(module) if enabled else module
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> None:
+    """EdgeConnect's init: conv weights ~ N(0, gain), biases 0."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            nn.init.normal_(weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class ResnetBlock(nn.Module):
+    """Two 3x3 convs (the first dilated), instance norm, identity skip, no final ReLU."""
+
+    def __init__(self, dim: int, dilation: int = 2, use_sn: bool = False):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(dilation),
+            _sn(nn.Conv2d(dim, dim, 3, dilation=dilation, bias=not use_sn), use_sn),
+            nn.InstanceNorm2d(dim), nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            _sn(nn.Conv2d(dim, dim, 3, bias=not use_sn), use_sn),
+            nn.InstanceNorm2d(dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+def _generator_body(in_ch: int, out_ch: int, base: int, blocks: int, use_sn: bool) -> nn.Sequential:
+    c1, c2, c3 = base, base * 2, base * 4
+    return nn.Sequential(
+        nn.ReflectionPad2d(3), _sn(nn.Conv2d(in_ch, c1, 7), use_sn), nn.InstanceNorm2d(c1), nn.ReLU(True),
+        _sn(nn.Conv2d(c1, c2, 4, stride=2, padding=1), use_sn), nn.InstanceNorm2d(c2), nn.ReLU(True),
+        _sn(nn.Conv2d(c2, c3, 4, stride=2, padding=1), use_sn), nn.InstanceNorm2d(c3), nn.ReLU(True),
+        *[ResnetBlock(c3, 2, use_sn) for _ in range(blocks)],
+        _sn(nn.ConvTranspose2d(c3, c2, 4, stride=2, padding=1), use_sn), nn.InstanceNorm2d(c2), nn.ReLU(True),
+        _sn(nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), use_sn), nn.InstanceNorm2d(c1), nn.ReLU(True),
+        nn.ReflectionPad2d(3), nn.Conv2d(c1, out_ch, 7),
+    )
+
+
+def _check_inputs(**tensors: torch.Tensor) -> None:
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    first = next(iter(tensors.values()))
+    for name, t in tensors.items():
+        if t.ndim != 4 or t.shape[0] != first.shape[0] or t.shape[-2:] != first.shape[-2:]:
+            raise ValueError(f"inputs must be NCHW with equal N, H, W; got {shapes}")
+    h, w = first.shape[-2:]
+    if h % 4 or w % 4:
+        raise ValueError(f"height and width must be multiples of 4, got {h}x{w}")
+
+
+class EdgeGenerator(nn.Module):
+    """G1: ``forward(masked_edges (N,1,H,W), mask (N,1,H,W)) -> edge probability (N,1,H,W)``.
+
+    ``masked_edges = edges * (1 - mask)``; the output covers the whole image (composite it with
+    the known edges outside the hole yourself: ``edges * (1 - mask) + out * mask``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.body = _generator_body(2, 1, cfg.base_channels, cfg.residual_blocks, cfg.edge_spectral_norm)
+        init_weights(self)
+
+    def forward(self, masked_edges: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        _check_inputs(masked_edges=masked_edges, mask=mask)
+        x = torch.cat([mask, masked_edges * (1 - mask)], dim=1)
+        return torch.sigmoid(self.body(x))
+
+
+class InpaintGenerator(nn.Module):
+    """G2: ``forward(masked_rgb (N,3,H,W), edges (N,1,H,W), mask (N,1,H,W)) -> rgb (N,3,H,W)``.
+
+    Holes of ``masked_rgb`` are set to 1 inside (EdgeConnect's white fill) whatever they held;
+    output in [0, 1] over the whole image (composite: ``rgb * (1 - mask) + out * mask``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.body = _generator_body(4, 3, cfg.base_channels, cfg.residual_blocks, False)
+        init_weights(self)
+
+    def forward(self, masked_rgb: torch.Tensor, edges: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        _check_inputs(masked_rgb=masked_rgb, edges=edges, mask=mask)
+        filled = masked_rgb * (1 - mask) + mask
+        x = torch.cat([filled, edges], dim=1)
+        return (torch.tanh(self.body(x)) + 1) / 2
+
+
+class Discriminator(nn.Module):
+    """70x70 PatchGAN: ``forward(x (N,C,H,W)) -> (logits (N,1,h,w), [5 activations])``."""
+
+    def __init__(self, in_channels: int, cfg: ModelConfig):
+        super().__init__()
+        c = cfg.disc_channels
+        widths = [in_channels, c, c * 2, c * 4, c * 8]
+        strides = [2, 2, 2, 1]
+        layers = []
+        for i, stride in enumerate(strides):
+            layers.append(nn.Sequential(
+                spectral_norm(nn.Conv2d(widths[i], widths[i + 1], 4, stride=stride, padding=1, bias=False)),
+                nn.LeakyReLU(0.2, inplace=True)))
+        layers.append(nn.Sequential(spectral_norm(nn.Conv2d(widths[-1], 1, 4, stride=1, padding=1, bias=False))))
+        self.layers = nn.ModuleList(layers)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        feats = []
+        for layer in self.layers:
+            x = layer(x)
+            feats.append(x)
+        return x, feats
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def build_networks(cfg: ModelConfig) -> dict[str, nn.Module]:
+    """All four networks of a run: g1, g2, d1 (edges, 1 channel), d2 (RGB, 3 channels)."""
+    return {"g1": EdgeGenerator(cfg), "g2": InpaintGenerator(cfg),
+            "d1": Discriminator(1, cfg), "d2": Discriminator(3, cfg)}

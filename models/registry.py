@@ -1,0 +1,178 @@
+"""Model registry: ``data_catalog/models/`` (or ``$EDGEFILL_REGISTRY``).
+
+Layout::
+
+    index.json      {"current": name | null, "models": {name: entry}, "history": [...]}
+    <name>/         a self-contained run dir (config.json, checkpoints/last.pt with G1, G2,
+                    D1, D2 weights - no optimiser state - and metrics.json)
+
+An entry records ``name``, ``version`` (1, 2, ... per config preset), ``run_dir`` (relative
+to the registry), ``source_run_dir``, ``config`` (the ModelConfig), ``data_version`` (the
+store's ``attrs["config_hash"]``), ``metrics``, ``created``. Registering never moves
+``current``; only :func:`promote_if_better` / :func:`set_current` do.
+
+Primary metric for promotion: :data:`PRIMARY_METRIC` = ``hole_psnr`` (mean PSNR in dB over the
+hole region of the test split's fixed pairings; higher is better).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.checkpoint import (CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint,
+                               read_run_config, run_model_config)
+
+DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "data_catalog" / "models"
+PRIMARY_METRIC = "hole_psnr"
+INDEX = "index.json"
+
+
+def registry_dir() -> Path:
+    env = os.environ.get("EDGEFILL_REGISTRY")
+    return Path(env) if env else DEFAULT_REGISTRY
+
+
+def load_index(root: Path | None = None) -> dict[str, Any]:
+    path = (root or registry_dir()) / INDEX
+    if not path.is_file():
+        return {"current": None, "models": {}, "history": []}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"registry index {path} is corrupt: {exc}") from exc
+
+
+def _save_index(index: dict[str, Any], root: Path) -> None:
+    atomic_write_json(root / INDEX, index)
+
+
+def list_models(root: Path | None = None) -> list[str]:
+    return sorted(load_index(root)["models"])
+
+
+def current_model(root: Path | None = None) -> str | None:
+    return load_index(root).get("current")
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A run dir for ``name_or_path``: an existing directory, ``"current"``, or a registry name.
+
+    Raises ``KeyError`` naming the known models when the name is unknown."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    root = registry_dir()
+    index = load_index(root)
+    name = str(name_or_path)
+    if name == "current":
+        if not index.get("current"):
+            raise KeyError(f"registry {root} has no current model yet; known models: {sorted(index['models'])}")
+        name = index["current"]
+    if name not in index["models"]:
+        raise KeyError(f"unknown model {name!r} (not a directory, not in registry {root}); "
+                       f"known models: {sorted(index['models'])}")
+    return root / index["models"][name]["run_dir"]
+
+
+def register_model(run_dir: str | Path, *, metrics: dict[str, Any] | None = None, name: str | None = None,
+                   root: Path | None = None) -> dict[str, Any]:
+    """Copy a finished run's weights (no optimiser state) into the registry and add an entry.
+
+    Does not move ``current``. Returns the entry."""
+    run_dir = Path(run_dir)
+    root = root or registry_dir()
+    meta = read_run_config(run_dir)
+    cfg = run_model_config(meta)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", architecture_hash=cfg.architecture_hash())
+    index = load_index(root)
+    version = 1 + sum(1 for e in index["models"].values() if e["config"].get("name") == cfg.name)
+    name = name or f"{cfg.name}-v{version}"
+    if name in index["models"]:
+        raise ValueError(f"model {name!r} is already registered in {root}")
+    if metrics is None:
+        metrics_path = run_dir / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        slim = {k: ckpt[k] for k in ("format", "architecture_hash", "step", "epoch", "stage", "models") if k in ckpt}
+        atomic_torch_save(slim, staging / "checkpoints" / "last.pt")
+        meta["name"] = name
+        atomic_write_json(staging / "config.json", meta)
+        atomic_write_json(staging / "metrics.json", metrics)
+        os.replace(staging, root / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    entry = {"name": name, "version": version, "run_dir": name, "source_run_dir": str(run_dir.resolve()),
+             "config": meta["model_config"], "data_version": meta.get("data_version", ""), "metrics": metrics,
+             "step": int(ckpt.get("step", 0)),
+             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    index["models"][name] = entry
+    _save_index(index, root)
+    return entry
+
+
+def set_current(name: str, reason: str, root: Path | None = None) -> None:
+    root = root or registry_dir()
+    index = load_index(root)
+    if name not in index["models"]:
+        raise KeyError(f"unknown model {name!r}; known models: {sorted(index['models'])}")
+    index["history"].append({"from": index.get("current"), "to": name, "reason": reason,
+                             "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    index["current"] = name
+    _save_index(index, root)
+
+
+@dataclass
+class PromotionDecision:
+    promoted: bool
+    candidate: str
+    current: str | None
+    metric: str
+    candidate_value: float | None
+    current_value: float | None
+    reason: str
+
+
+def promote_if_better(candidate: str, *, metric: str = PRIMARY_METRIC, higher_is_better: bool = True,
+                      min_improvement: float = 0.0, current_value: float | None = None,
+                      root: Path | None = None) -> PromotionDecision:
+    """Move ``current`` to ``candidate`` only if it beats the current model on ``metric``
+    (by more than ``min_improvement``); with no current model the candidate is promoted.
+
+    ``current_value``: the current model's score re-measured on the same test pairings as the
+    candidate (retraining does this); default = the value stored in its registry entry."""
+    root = root or registry_dir()
+    index = load_index(root)
+    if candidate not in index["models"]:
+        raise KeyError(f"unknown model {candidate!r}; known models: {sorted(index['models'])}")
+    cand_value = index["models"][candidate]["metrics"].get(metric)
+    if cand_value is None:
+        raise ValueError(f"candidate {candidate!r} has no metric {metric!r}; metrics: {sorted(index['models'][candidate]['metrics'])}")
+    cur = index.get("current")
+    cur_value = (current_value if current_value is not None else index["models"][cur]["metrics"].get(metric)) if cur else None
+    if cur is None or cur_value is None:
+        reason = f"no current model with {metric}; promoting {candidate} ({metric}={cand_value:.4f})"
+        promoted = True
+    else:
+        delta = (cand_value - cur_value) if higher_is_better else (cur_value - cand_value)
+        promoted = delta > min_improvement
+        better = "better" if promoted else "not better"
+        reason = (f"{candidate} {metric}={cand_value:.4f} vs current {cur} {metric}={cur_value:.4f}: "
+                  f"{better} (improvement {delta:+.4f}, required > {min_improvement})"
+                  + ("" if promoted else f"; keeping {cur}"))
+    if promoted:
+        set_current(candidate, reason, root)
+    return PromotionDecision(promoted, candidate, cur, metric, float(cand_value),
+                             None if cur_value is None else float(cur_value), reason)
+
+
+__all__ = ["CheckpointError", "PRIMARY_METRIC", "registry_dir", "resolve_model", "register_model", "set_current",
+           "promote_if_better", "PromotionDecision", "list_models", "current_model", "load_index"]

@@ -1,0 +1,93 @@
+"""Run outputs for people: step history (JSON lines), TensorBoard scalars, sample grids, loss plots.
+
+``RUN_DIR/history.jsonl``: one JSON object per logged step (``step``, ``stage`` and every loss
+scalar). On resume the lines after the checkpoint's step are dropped first, so the file always
+describes one consistent run.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class RunLog:
+    """Rank 0's writer of history.jsonl and TensorBoard scalars (``RUN_DIR/tb``)."""
+
+    def __init__(self, run_dir: Path, resume_step: int = 0, tensorboard: bool = True):
+        self.path = Path(run_dir) / "history.jsonl"
+        if self.path.exists():
+            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            self.path.write_text("".join(k + "\n" for k in keep))
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step + 1 if resume_step else None)
+
+    def log(self, step: int, scalars: dict[str, float], **extra) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **extra, **scalars}) + "\n")
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "history.jsonl"
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+def _rgb(x: torch.Tensor) -> np.ndarray:
+    x = x.detach().float().cpu().clamp(0, 1)
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def save_sample_grid(path: Path, image, edges, mask, gen_edges, output) -> Path:
+    """PNG, one row per sample: masked input | masked edges | completed edges | output | truth.
+
+    Holes are drawn white in the masked input (mask 1 = missing)."""
+    from PIL import Image
+
+    rows = []
+    for i in range(image.shape[0]):
+        m = mask[i]
+        masked = image[i] * (1 - m) + m
+        comp_edges = edges[i] * (1 - m) + gen_edges[i] * m
+        comp_out = image[i] * (1 - m) + output[i] * m
+        tiles = [masked, 1 - edges[i] * (1 - m), 1 - comp_edges, comp_out, image[i]]
+        rows.append(np.concatenate([_rgb(t) for t in tiles], axis=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return path
+
+
+def save_loss_plot(run_dir: Path, path: Path | None = None) -> Path | None:
+    """Plot every generator/discriminator loss of history.jsonl against the step (PNG)."""
+    history = read_history(run_dir)
+    if not history:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("g1", "d1", "g2", "d2", "hole_l1", "edge_mape") if k in history[-1]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+    steps = [h["step"] for h in history]
+    for ax, k in zip(axes[0], keys):
+        ax.plot(steps, [h.get(k, np.nan) for h in history])
+        ax.set_title(k)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    path = path or Path(run_dir) / "samples" / "losses.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,315 @@
+"""Training entry point - the same one on a laptop CPU, one GPU or several (torchrun / DDP).
+
+    python -m models.train STORE.zarr --config tiny --max-steps 200 --out runs/tiny
+    torchrun --nproc-per-node=4 -m models.train STORE.zarr --config full --out runs/full
+
+Under torchrun (``WORLD_SIZE`` > 1) each rank trains on its share of every batch list
+(:mod:`models.data`), gradients are averaged by DDP (NCCL on CUDA, gloo on CPU) and only rank 0
+writes checkpoints, logs and samples. A run dir that already holds ``checkpoints/last.pt`` is
+resumed exactly (models, optimisers, G1 loss stage, step, RNG, data position) unless
+``resume=False``. A NaN/inf loss raises :class:`TrainingDivergedError`; the last good
+checkpoint is left in place.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from models.checkpoint import (CheckpointError, atomic_write_json, load_checkpoint, read_run_config,
+                               save_checkpoint, write_run_config)
+from models.config import ModelConfig
+from models.data import batch_iterator, collate, epoch_batches, random_crop
+from models.reporting import RunLog, save_loss_plot, save_sample_grid
+from models.trainer import Trainer, TrainingDivergedError
+from pipeline.dataset import PREPARED_ARRAYS, InpaintingDataset
+from pipeline.edges import EdgeParams
+from pipeline.store import StoreError, open_store, store_radiometry
+
+log = logging.getLogger("edgefill.train")
+
+
+@dataclass
+class TrainSummary:
+    """What a training run reports (small: paths and numbers)."""
+
+    run_dir: str
+    status: str
+    steps: int
+    epochs: int
+    stage: int
+    stage_switch_step: int | None
+    held_out_start: dict[str, float]
+    held_out_end: dict[str, float]
+    last_losses: dict[str, float]
+    images_per_s: float
+    seconds: float
+    world_size: int
+    device: str
+    data_version: str
+    warnings: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+
+
+def open_prepared_store(store: Path):
+    """Open a store that ``prepare`` has completed; a clear :class:`StoreError` otherwise."""
+    group = open_store(store, "r", require=("images",))
+    missing = [a for a in PREPARED_ARRAYS if a not in group]
+    missing += [f"pairings/{s}" for s in ("train", "test") if f"pairings/{s}" not in group]
+    if missing:
+        raise StoreError(f"store {store} is not prepared for training: it lacks {missing} "
+                         f"(run `edgefill prepare {store}` first)")
+    return group
+
+
+def store_edge_params(group) -> EdgeParams:
+    prep = group.attrs.get("prepare", {}) or {}
+    params = prep.get("edge_params") if isinstance(prep, dict) else None
+    return EdgeParams(**params) if params else EdgeParams()
+
+
+def _dist_setup(device: str | None) -> tuple[int, int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return world, rank, local, dev
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _held_out_batch(store: Path, n: int) -> dict:
+    ds = InpaintingDataset(store, "test", augment=False)
+    if len(ds) == 0:
+        ds = InpaintingDataset(store, "train", augment=False)
+    return collate([ds[i] for i in range(min(n, len(ds)))])
+
+
+def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: bool = True,
+          init_from: str | Path | None = None, device: str | None = None, progress: bool = True) -> TrainSummary:
+    """Train ``cfg.train.mode`` on a prepared store into ``run_dir`` (see module docstring).
+
+    ``init_from``: a run dir whose weights (and G1 stage) start this run (fine-tuning)."""
+    store, run_dir = Path(store), Path(run_dir)
+    t = cfg.train
+    group = open_prepared_store(store)
+    radiometry, edge_params = store_radiometry(group), store_edge_params(group)
+    data_version = str(group.attrs.get("config_hash", ""))
+    patch_size = int(group.attrs["patch_size"])
+    world, rank, local, dev = _dist_setup(device)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = dev.type == "cuda"
+    torch.manual_seed(t.seed)
+    trainer = Trainer(cfg, dev, ddp=world > 1, local_rank=local)
+    torch.manual_seed(t.seed + rank)
+    trainer.crop_gen.manual_seed(t.seed + rank)
+
+    last = run_dir / "checkpoints" / "last.pt"
+    held_out_start: dict[str, float] | None = None
+    if (run_dir / "config.json").exists():
+        old = read_run_config(run_dir)
+        if old.get("architecture_hash") != cfg.architecture_hash():
+            raise CheckpointError(f"{run_dir} holds a run of another architecture ({old['architecture']}); "
+                                  f"use a new --out directory")
+    if resume and last.exists():
+        ckpt = load_checkpoint(last, architecture_hash=cfg.architecture_hash(), map_location="cpu")
+        trainer.restore(ckpt, rank=rank, world=world)
+        held_out_start = ckpt.get("held_out_start")
+        if rank == 0:
+            log.warning("resuming %s at step %d (epoch %d, batch %d, stage %d)", run_dir, trainer.state.step,
+                        trainer.state.epoch, trainer.state.batch, trainer.state.stage)
+    elif init_from is not None:
+        from models.registry import resolve_model
+        src = resolve_model(init_from)
+        trainer.restore(load_checkpoint(src / "checkpoints" / "last.pt", architecture_hash=cfg.architecture_hash(),
+                                        map_location="cpu"), weights_only=True)
+    if rank == 0:
+        write_run_config(run_dir, cfg, radiometry=radiometry, edge_params=edge_params, patch_size=patch_size,
+                         data_version=data_version, store=str(store.resolve()), warnings=trainer.warnings)
+    _barrier(world)
+
+    train_ds = InpaintingDataset(store, "train", augment=True)
+    held = _held_out_batch(store, cfg.schedule.mape_patches)
+    if held_out_start is None:
+        held_out_start = trainer.held_out_metrics(held)
+    runlog = RunLog(run_dir, trainer.state.step) if rank == 0 else None
+    st = trainer.state
+    last_losses: dict[str, float] = {}
+    samples: list[str] = []
+    status = "completed"
+    start_step, t0 = st.step, time.perf_counter()
+
+    def checkpoint() -> None:
+        rng = [trainer.rng_state()]
+        if world > 1:  # every rank's RNG, so each resumes its own stream exactly
+            rng = [None] * world
+            dist.all_gather_object(rng, trainer.rng_state())
+        if rank == 0:
+            save_checkpoint(run_dir, {**trainer.checkpoint_payload(rng), "held_out_start": held_out_start},
+                            step=st.step)
+        _barrier(world)
+
+    def sample() -> None:
+        if rank != 0:
+            return
+        b = {k: v[:4] for k, v in held.items() if isinstance(v, torch.Tensor)}
+        with torch.no_grad():
+            image, edges, mask = (trainer._to(b[k]) for k in ("image", "edges", "mask"))
+            g1, g2 = trainer.nets["g1"].eval(), trainer.nets["g2"].eval()
+            gen = g1(edges * (1 - mask), mask)
+            e_in = edges if t.mode == "inpaint" else edges * (1 - mask) + gen * mask
+            out = g2(image * (1 - mask), e_in, mask)
+        samples.append(str(save_sample_grid(run_dir / "samples" / f"step-{st.step}.png", image, edges, mask, gen, out)))
+
+    bar = None
+    if rank == 0 and progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        bar = Progress(TextColumn("[bold]train {task.fields[mode]}"), BarColumn(), MofNCompleteColumn(),
+                       TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
+        task = bar.add_task("train", total=t.max_steps, completed=st.step, mode=t.mode, info="")
+        bar.start()
+    try:
+        while st.step < t.max_steps:
+            batches = epoch_batches(len(train_ds), t.batch_size, st.epoch, t.seed, rank, world)
+            for batch in batch_iterator(train_ds, batches, st.batch, num_workers=t.num_workers,
+                                        pin_memory=dev.type == "cuda"):
+                batch = random_crop(batch, t.crop_size, trainer.crop_gen)
+                last_losses = trainer.train_step(batch)
+                st.batch += 1
+                if st.batch >= len(batches):
+                    st.epoch, st.batch = st.epoch + 1, 0
+                    if t.mode != "inpaint":
+                        trainer.maybe_switch_stage(None)
+                if t.mode != "inpaint" and st.step % cfg.schedule.mape_every == 0:
+                    trainer.maybe_switch_stage(trainer.held_out_metrics(held, edges_only=True)["edge_mape"])
+                if runlog is not None and st.step % t.log_every == 0:
+                    runlog.log(st.step, last_losses, stage=st.stage, epoch=st.epoch)
+                if bar is not None:
+                    bar.update(task, completed=st.step, info=" ".join(f"{k}={v:.3f}" for k, v in list(last_losses.items())[:4]))
+                if st.step % t.sample_every == 0:
+                    sample()
+                if st.step % t.checkpoint_every == 0 or st.step >= t.max_steps:
+                    checkpoint()
+                if st.step >= t.max_steps:
+                    break
+    except TrainingDivergedError as exc:
+        status = f"diverged: {exc}"
+        if rank == 0:
+            atomic_write_json(run_dir / "metrics.json", {"status": status, "steps": st.step})
+        raise
+    finally:
+        if bar is not None:
+            bar.stop()
+        if runlog is not None:
+            runlog.close()
+    seconds = time.perf_counter() - t0
+    held_out_end = trainer.held_out_metrics(held)
+    world_images = (st.step - start_step) * t.batch_size * world
+    summary = TrainSummary(
+        run_dir=str(run_dir), status=status, steps=st.step, epochs=st.epoch, stage=st.stage,
+        stage_switch_step=st.stage_switch_step, held_out_start=held_out_start, held_out_end=held_out_end,
+        last_losses=last_losses, images_per_s=world_images / seconds if seconds > 0 else 0.0, seconds=seconds,
+        world_size=world, device=str(dev), data_version=data_version, warnings=trainer.warnings,
+        events=list(st.events), samples=samples)
+    if rank == 0:
+        if not samples or not samples[-1].endswith(f"step-{st.step}.png"):
+            sample()
+        plot = save_loss_plot(run_dir)
+        summary.samples = samples + ([str(plot)] if plot else [])
+        atomic_write_json(run_dir / "metrics.json", {"training": asdict(summary)})
+    _barrier(world)
+    return summary
+
+
+def apply_overrides(cfg: ModelConfig, overrides: list[str]) -> ModelConfig:
+    """``["schedule.mape_threshold=0.5", "train.mode=edge"]`` -> a new validated config."""
+    data = cfg.model_dump(mode="json")
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if p not in node or not isinstance(node[p], dict):
+                raise ValueError(f"override {item!r}: no config section {p!r}")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ValueError(f"override {item!r}: unknown key {parts[-1]!r}; known: {sorted(node)}")
+        node[parts[-1]] = value
+    return ModelConfig.model_validate(data)
+
+
+def build_config(preset: str | dict = "tiny", *, mode: str | None = None, max_steps: int | None = None,
+                 batch_size: int | None = None, crop_size: int | None = None, overrides: list[str] | None = None,
+                 config_file: Path | None = None) -> ModelConfig:
+    """A preset (or a ModelConfig JSON file / dict), then the train options, then ``overrides``."""
+    train_kw = {k: v for k, v in dict(mode=mode, max_steps=max_steps, batch_size=batch_size,
+                                      crop_size=crop_size).items() if v is not None}
+    if config_file is not None or isinstance(preset, dict):
+        data = preset if isinstance(preset, dict) else json.loads(Path(config_file).read_text())
+        data = data.get("model_config", data)  # a run's config.json works too
+        base = ModelConfig.model_validate(data)
+        cfg = base.model_copy(update={"train": base.train.model_copy(update=train_kw)})
+        cfg = ModelConfig.model_validate(cfg.model_dump())
+    else:
+        cfg = ModelConfig.preset(preset, **train_kw)
+    return apply_overrides(cfg, overrides or [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0])
+    p.add_argument("store", type=Path)
+    p.add_argument("--config", default="tiny", choices=["tiny", "full", "demo"])
+    p.add_argument("--config-file", type=Path, help="a ModelConfig JSON (replaces --config's preset)")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--mode", choices=["edge", "inpaint", "joint"])
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--init-from", help="run dir or registry name to fine-tune from")
+    p.add_argument("--device")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = build_config(a.config, mode=a.mode, max_steps=a.max_steps, batch_size=a.batch_size,
+                       crop_size=a.crop_size, overrides=a.overrides, config_file=a.config_file)
+    try:
+        summary = train(a.store, a.out, cfg, resume=not a.no_resume, init_from=a.init_from, device=a.device,
+                        progress=not a.no_progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in asdict(summary).items() if k != "samples"}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

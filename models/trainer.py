@@ -1,0 +1,280 @@
+"""One training step per mode and the state a checkpoint must hold to resume exactly.
+
+Modes (EdgeConnect's models 1-4): ``edge`` trains G1/D1; ``inpaint`` trains G2/D2 on
+ground-truth edges; ``joint`` trains G1/D1, then G2/D2 on G1's completed edges (detached).
+Each GAN step updates D first (on real and on ``generated.detach()`` - D's own output is never
+detached, so D learns from fakes), then G against the updated, frozen D.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from models.checkpoint import CheckpointError, load_state, unwrap
+from models.config import ModelConfig
+from models.losses import (discriminator_loss, edge_mape, feature_matching_loss, gan_loss, hole_normalised_l1,
+                           perceptual_and_style, structure_loss)
+from models.networks import build_networks
+from models.vgg import VGG19Features
+
+log = logging.getLogger("edgefill.train")
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN/inf; training stopped and the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainState:
+    """Counters saved in every checkpoint. ``batch`` = next batch index within ``epoch``."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    stage: int = 1
+    stage_switch_step: int | None = None
+    events: list[str] = field(default_factory=list)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled and device.type == "cuda" else nullcontext()
+
+
+class Trainer:
+    """Networks, optimisers, optional VGG19 and the per-mode step functions."""
+
+    def __init__(self, cfg: ModelConfig, device: torch.device, *, ddp: bool = False, local_rank: int = 0):
+        self.cfg, self.device = cfg, device
+        t = cfg.train
+        nets = build_networks(cfg)
+        self.memory_format = torch.channels_last if (t.channels_last and device.type == "cuda") else torch.contiguous_format
+        for net in nets.values():
+            net.to(device, memory_format=self.memory_format)
+        self.nets = nets  # plain modules (state dicts, frozen-D forwards)
+        self.opts = {
+            "g1": torch.optim.Adam(nets["g1"].parameters(), lr=t.lr_g, betas=t.betas),
+            "g2": torch.optim.Adam(nets["g2"].parameters(), lr=t.lr_g, betas=t.betas),
+            "d1": torch.optim.Adam(nets["d1"].parameters(), lr=t.lr_d, betas=t.betas),
+            "d2": torch.optim.Adam(nets["d2"].parameters(), lr=t.lr_d, betas=t.betas),
+        }
+        self.run = dict(nets)  # what forward passes go through (DDP / compiled wrappers)
+        self.ddp = ddp
+        if ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [local_rank] if device.type == "cuda" else None
+            self.run = {k: DDP(v, device_ids=ids) for k, v in nets.items()}
+        if t.compile:
+            self.run = {k: torch.compile(v) for k, v in self.run.items()}
+        self.amp = t.amp_bf16 and device.type == "cuda"
+        self.vgg: VGG19Features | None = None
+        self.warnings: list[str] = []
+        weights = t.resolved_vgg19_weights()
+        wants_vgg = cfg.losses.perceptual_weight > 0 or cfg.losses.style_weight > 0
+        if wants_vgg and weights is None:
+            self.warnings.append("no VGG19 weights (TrainConfig.vgg19_weights / EDGEFILL_VGG19_WEIGHTS): "
+                                 "perceptual and style losses are OFF")
+        elif wants_vgg:
+            self.vgg = VGG19Features()
+            self.vgg.load_torchvision_weights(weights)
+            self.vgg.to(device)
+        self.crop_gen = torch.Generator().manual_seed(t.seed)
+        self.state = TrainState()
+
+    # ------------------------------------------------------------------ helpers
+    def _check(self, name: str, value: torch.Tensor) -> None:
+        """Raise :class:`TrainingDivergedError` on NaN/inf - on every rank together under DDP
+        (one tiny all-reduce), so no rank is left waiting in a gradient all-reduce."""
+        finite = torch.isfinite(value.detach()).all().to(torch.int32).reshape(1)
+        if self.ddp:
+            import torch.distributed as dist
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite.item()):
+            raise TrainingDivergedError(f"{name} loss is {value.item()} (on this or another rank) at step {self.state.step + 1} "
+                                        f"(stage {self.state.stage}); training stopped, last good checkpoint kept")
+
+    def _to(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+    # ------------------------------------------------------------------ steps
+    def edge_step(self, edges: torch.Tensor, mask: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+        """One D1 + G1 update. Returns scalars and G1's edge probability (detached)."""
+        L, stage = self.cfg.losses, self.state.stage
+        kind = L.edge_adv_stage1 if stage == 1 else L.edge_adv_stage2
+        fm_norm = "l1" if stage == 1 else "l2"
+        g1, d1_run, d1 = self.run["g1"], self.run["d1"], self.nets["d1"]
+        with _autocast(self.device, self.amp):
+            gen = g1(edges * (1 - mask), mask).float()
+        real_in, fake_in = (edges, gen) if stage == 1 else (edges * mask, gen * mask)
+        # D1: real and generated samples, gradient to D from both terms.
+        d1.requires_grad_(True)
+        with _autocast(self.device, self.amp):
+            logits, _ = d1_run(torch.cat([real_in, fake_in.detach()]))
+        d_real, d_fake = logits.float().chunk(2)
+        loss_d = discriminator_loss(d_real, d_fake, kind)
+        self._check("D1", loss_d)
+        self.opts["d1"].zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opts["d1"].step()
+        # G1 against the updated D1 (frozen, plain module: no DDP sync for D here).
+        d1.requires_grad_(False)
+        with _autocast(self.device, self.amp):
+            with torch.no_grad():
+                _, real_feats = d1(real_in)
+            g_logits, fake_feats = d1(fake_in)
+        adv = gan_loss(g_logits.float(), True, kind)
+        fm = feature_matching_loss([f.float() for f in real_feats], [f.float() for f in fake_feats], fm_norm)
+        st = structure_loss(gen, edges, mask, L.ssim_window)
+        loss_g = L.edge_adv_weight * adv + L.edge_fm_weight * fm + L.edge_structure_weight * st
+        self._check("G1", loss_g)
+        self.opts["g1"].zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opts["g1"].step()
+        d1.requires_grad_(True)
+        with torch.no_grad():
+            mape = edge_mape(gen, edges, mask)
+        return ({"d1": loss_d.item(), "g1": loss_g.item(), "g1_adv": adv.item(), "g1_fm": fm.item(),
+                 "g1_structure": st.item(), "edge_mape": mape.item()}, gen.detach())
+
+    def inpaint_step(self, image: torch.Tensor, edges_in: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """One D2 + G2 update on ``edges_in`` (ground truth or G1's composite)."""
+        L = self.cfg.losses
+        g2, d2_run, d2 = self.run["g2"], self.run["d2"], self.nets["d2"]
+        with _autocast(self.device, self.amp):
+            out = g2(image * (1 - mask), edges_in, mask).float()
+        d2.requires_grad_(True)
+        with _autocast(self.device, self.amp):
+            logits, _ = d2_run(torch.cat([image, out.detach()]))
+        d_real, d_fake = logits.float().chunk(2)
+        loss_d = discriminator_loss(d_real, d_fake, L.inpaint_adv)
+        self._check("D2", loss_d)
+        self.opts["d2"].zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opts["d2"].step()
+        d2.requires_grad_(False)
+        with _autocast(self.device, self.amp):
+            g_logits, _ = d2(out)
+        adv = gan_loss(g_logits.float(), True, L.inpaint_adv)
+        l1 = hole_normalised_l1(out, image, mask)
+        loss_g = L.inpaint_adv_weight * adv + L.inpaint_l1_weight * l1
+        scalars = {}
+        if self.vgg is not None:
+            perc, style = perceptual_and_style(self.vgg, out, image)
+            loss_g = loss_g + L.perceptual_weight * perc + L.style_weight * style
+            scalars = {"g2_perceptual": perc.item(), "g2_style": style.item()}
+        self._check("G2", loss_g)
+        self.opts["g2"].zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opts["g2"].step()
+        d2.requires_grad_(True)
+        with torch.no_grad():
+            hole = mask.expand_as(out)
+            hole_l1 = ((out - image).abs() * hole).sum() / hole.sum().clamp_min(1.0)
+        return {"d2": loss_d.item(), "g2": loss_g.item(), "g2_adv": adv.item(), "g2_l1": l1.item(),
+                "hole_l1": hole_l1.item(), **scalars}
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        mode = self.cfg.train.mode
+        image, edges, mask = self._to(batch["image"]), self._to(batch["edges"]), self._to(batch["mask"])
+        for name in ("g1", "g2", "d1", "d2"):
+            self.nets[name].train()
+        scalars: dict[str, float] = {}
+        if mode in ("edge", "joint"):
+            s, gen = self.edge_step(edges, mask)
+            scalars.update(s)
+        if mode in ("inpaint", "joint"):
+            edges_in = edges if mode == "inpaint" else edges * (1 - mask) + gen * mask
+            scalars.update(self.inpaint_step(image, edges_in, mask))
+        self.state.step += 1
+        return scalars
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def held_out_metrics(self, batch: dict, edges_only: bool = False) -> dict[str, float]:
+        """Edge MAPE of G1 and (unless ``edges_only``) hole-region L1 of G2 on a fixed
+        held-out batch, in eval mode."""
+        image, edges, mask = self._to(batch["image"]), self._to(batch["edges"]), self._to(batch["mask"])
+        g1, g2 = self.nets["g1"].eval(), self.nets["g2"].eval()
+        out: dict[str, float] = {}
+        gen = g1(edges * (1 - mask), mask).float()
+        out["edge_mape"] = edge_mape(gen, edges, mask).item()
+        if edges_only:
+            return out
+        edges_in = edges if self.cfg.train.mode == "inpaint" else edges * (1 - mask) + gen * mask
+        rgb = g2(image * (1 - mask), edges_in, mask).float()
+        hole = mask.expand_as(rgb)
+        out["hole_l1"] = (((rgb - image).abs() * hole).sum() / hole.sum().clamp_min(1.0)).item()
+        return out
+
+    def maybe_switch_stage(self, held_out_mape: float | None) -> bool:
+        """Stage 1 -> 2 when the held-out edge MAPE < threshold or ``max_stage1_epochs`` ran."""
+        s = self.cfg.schedule
+        if self.state.stage != 1:
+            return False
+        why = None
+        if held_out_mape is not None and held_out_mape < s.mape_threshold:
+            why = f"held-out edge MAPE {held_out_mape:.4f} < {s.mape_threshold}"
+        elif self.state.epoch >= s.max_stage1_epochs:
+            why = f"epoch {self.state.epoch} reached max_stage1_epochs={s.max_stage1_epochs}"
+        if why is None:
+            return False
+        self.state.stage, self.state.stage_switch_step = 2, self.state.step
+        msg = f"G1 loss stage 1 -> 2 at step {self.state.step}: {why}"
+        self.state.events.append(msg)
+        log.warning(msg)
+        return True
+
+    # ------------------------------------------------------------------ checkpoint state
+    def rng_state(self) -> dict:
+        """This process's RNG state (torch CPU, CUDA, crop generator, python ``random``)."""
+        rng = {"torch": torch.get_rng_state(), "crop": self.crop_gen.get_state(),
+               "python": list(random.getstate()[1])}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return rng
+
+    def set_rng_state(self, rng: dict) -> None:
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "crop" in rng:
+            self.crop_gen.set_state(rng["crop"])
+        if "python" in rng:
+            random.setstate((3, tuple(int(v) for v in rng["python"]), None))
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def checkpoint_payload(self, rng_per_rank: list[dict] | None = None) -> dict:
+        """Everything exact resume needs; ``rng_per_rank`` = every DDP rank's :meth:`rng_state`."""
+        st = self.state
+        rng_per_rank = rng_per_rank or [self.rng_state()]
+        return {"architecture_hash": self.cfg.architecture_hash(), "epoch": st.epoch, "stage": st.stage,
+                "stage_switch_step": st.stage_switch_step, "events": list(st.events),
+                "data_position": {"epoch": st.epoch, "batch": st.batch},
+                "models": {k: unwrap(v).state_dict() for k, v in self.nets.items()},
+                "optimizers": {k: o.state_dict() for k, o in self.opts.items()},
+                "rng": rng_per_rank[0], "rng_per_rank": rng_per_rank}
+
+    def restore(self, ckpt: dict, *, weights_only: bool = False, rank: int = 0, world: int = 1) -> None:
+        """Resume from a checkpoint; ``weights_only`` (fine-tuning) keeps fresh optimisers/counters
+        but takes the G1 loss stage."""
+        for key, net in self.nets.items():
+            if key in ckpt["models"]:
+                load_state(net, ckpt["models"][key], key.upper())
+        self.state.stage = int(ckpt.get("stage", 1))
+        if weights_only:
+            return
+        try:
+            for key, opt in self.opts.items():
+                opt.load_state_dict(ckpt["optimizers"][key])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint optimiser state does not fit: {exc}") from exc
+        pos = ckpt.get("data_position", {})
+        self.state.step = int(ckpt["step"])
+        self.state.epoch, self.state.batch = int(pos.get("epoch", 0)), int(pos.get("batch", 0))
+        self.state.stage_switch_step = ckpt.get("stage_switch_step")
+        self.state.events = list(ckpt.get("events", []))
+        per_rank = ckpt.get("rng_per_rank") or []
+        self.set_rng_state(per_rank[rank] if len(per_rank) == world else ckpt.get("rng", {}))

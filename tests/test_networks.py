@@ -1,0 +1,62 @@
+"""EdgeConnect networks: full-size parameter counts, shapes, input conventions, bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.config import ModelConfig
+from models.networks import Discriminator, EdgeGenerator, InpaintGenerator, build_networks, count_parameters
+
+
+def test_full_config_parameter_counts_match_edgeconnect():
+    nets = build_networks(ModelConfig.full())
+    counts = {k: count_parameters(v) for k, v in nets.items()}
+    # G1 has 2 input channels (mask + masked edges, no grayscale), spectral norm, bias-free res convs.
+    assert counts["g1"] == 10_757_953 and round(counts["g1"] / 1e6, 2) == 10.76
+    assert counts["g2"] == 10_774_595 and round(counts["g2"] / 1e6, 2) == 10.77
+    assert round(counts["d1"] / 1e6, 2) == 2.76 and round(counts["d2"] / 1e6, 2) == 2.76
+    assert counts["d1"] == 2_761_728 and counts["d2"] == 2_763_776
+
+
+def test_g1_takes_only_mask_and_masked_edges_and_uses_spectral_norm():
+    g1 = EdgeGenerator(ModelConfig.full())
+    first = g1.body[1]
+    assert first.parametrizations.weight.original.shape[1] == 2
+    g2 = InpaintGenerator(ModelConfig.full())
+    assert not any(hasattr(m, "parametrizations") for m in g2.modules())
+
+
+def test_tiny_shapes_and_ranges():
+    cfg = ModelConfig.tiny()
+    torch.manual_seed(0)
+    g1, g2, d = EdgeGenerator(cfg), InpaintGenerator(cfg), Discriminator(3, cfg)
+    mask = (torch.rand(2, 1, 64, 64) > 0.6).float()
+    edges = (torch.rand(2, 1, 64, 64) > 0.9).float()
+    e = g1(edges * (1 - mask), mask)
+    assert e.shape == (2, 1, 64, 64) and 0 <= e.min() and e.max() <= 1
+    rgb = torch.rand(2, 3, 64, 64)
+    out = g2(rgb * (1 - mask), e, mask)
+    assert out.shape == (2, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
+    logits, feats = d(out)
+    assert logits.shape == (2, 1, 6, 6) and len(feats) == 5 and feats[-1] is logits
+
+
+def test_generators_ignore_what_the_hole_holds():
+    """Whatever the caller leaves inside the hole (zeros or the truth) must not leak in."""
+    cfg = ModelConfig.tiny()
+    torch.manual_seed(1)
+    g1, g2 = EdgeGenerator(cfg).eval(), InpaintGenerator(cfg).eval()
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    rgb, edges = torch.rand(1, 3, 32, 32), (torch.rand(1, 1, 32, 32) > 0.8).float()
+    with torch.no_grad():
+        assert torch.allclose(g1(edges, mask), g1(edges * (1 - mask), mask))
+        assert torch.allclose(g2(rgb, edges, mask), g2(rgb * (1 - mask), edges, mask))
+
+
+def test_bad_input_shapes_raise_clear_errors():
+    g1 = EdgeGenerator(ModelConfig.tiny())
+    with pytest.raises(ValueError, match="multiples of 4"):
+        g1(torch.zeros(1, 1, 30, 30), torch.zeros(1, 1, 30, 30))
+    with pytest.raises(ValueError, match="equal N, H, W"):
+        g1(torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 16, 16))

@@ -1,0 +1,79 @@
+"""Model registry: registration, name resolution, promotion logic (better -> promoted, worse -> kept)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.checkpoint import load_inference_bundle, save_inference_bundle
+from models.config import ModelConfig
+from models.networks import build_networks
+from models.registry import (current_model, list_models, load_index, promote_if_better, register_model,
+                             registry_dir, resolve_model)
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    root = tmp_path / "registry"
+    monkeypatch.setenv("EDGEFILL_REGISTRY", str(root))
+    return root
+
+
+def _run(tmp_path, name: str, seed: int) -> tuple:
+    torch.manual_seed(seed)
+    cfg = ModelConfig.tiny()
+    nets = build_networks(cfg)
+    run = save_inference_bundle(tmp_path / name, edge_generator=nets["g1"], inpaint_generator=nets["g2"],
+                                model_config=cfg, data_version="abc123", discriminators={"d1": nets["d1"], "d2": nets["d2"]})
+    return run, nets
+
+
+def test_register_resolve_and_load_by_name(registry, tmp_path):
+    assert registry_dir() == registry
+    run, nets = _run(tmp_path, "run-a", 0)
+    entry = register_model(run, metrics={"hole_psnr": 20.0})
+    assert entry["name"] == "tiny-v1" and entry["data_version"] == "abc123" and entry["metrics"]["hole_psnr"] == 20.0
+    assert entry["config"]["base_channels"] == 16 and entry["created"]
+    assert current_model() is None                      # registering never moves `current`
+    assert resolve_model("tiny-v1") == registry / "tiny-v1"
+    assert resolve_model(run) == run                    # a run dir passes through
+    bundle = load_inference_bundle("tiny-v1")
+    first = next(iter(nets["g2"].state_dict()))
+    assert torch.equal(bundle.inpaint_generator.state_dict()[first], nets["g2"].state_dict()[first])
+    slim = torch.load(registry / "tiny-v1" / "checkpoints" / "last.pt", weights_only=True)
+    assert "optimizers" not in slim and set(slim["models"]) == {"g1", "g2", "d1", "d2"}
+    with pytest.raises(KeyError, match=r"known models: \['tiny-v1'\]"):
+        resolve_model("nope")
+    with pytest.raises(KeyError, match="no current model"):
+        resolve_model("current")
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(run, name="tiny-v1")
+
+
+def test_promotion_better_promoted_worse_kept(registry, tmp_path):
+    a = register_model(_run(tmp_path, "a", 0)[0], metrics={"hole_psnr": 20.0})["name"]
+    first = promote_if_better(a)
+    assert first.promoted and current_model() == a      # no current model yet -> promoted
+    b = register_model(_run(tmp_path, "b", 1)[0], metrics={"hole_psnr": 21.5})["name"]
+    better = promote_if_better(b)
+    assert better.promoted and current_model() == b and "better" in better.reason
+    c = register_model(_run(tmp_path, "c", 2)[0], metrics={"hole_psnr": 19.0})["name"]
+    worse = promote_if_better(c)
+    assert not worse.promoted and current_model() == b
+    assert f"keeping {b}" in worse.reason and "not better" in worse.reason
+    # the current model re-measured on the same pairings decides, not its stale registry value
+    d = register_model(_run(tmp_path, "d", 3)[0], metrics={"hole_psnr": 21.0})["name"]
+    assert promote_if_better(d, current_value=20.5).promoted and current_model() == d
+    assert resolve_model("current") == registry / d
+    index = load_index()
+    assert [h["to"] for h in index["history"]] == [a, b, d]
+    assert list_models() == sorted([a, b, c, d])
+    with pytest.raises(ValueError, match="has no metric"):
+        promote_if_better(a, metric="fid")
+
+
+def test_registry_index_written_atomically_and_readable(registry, tmp_path):
+    register_model(_run(tmp_path, "a", 0)[0], metrics={"hole_psnr": 1.0})
+    assert json.loads((registry / "index.json").read_text())["models"]["tiny-v1"]["version"] == 1
+    assert not list(registry.glob(".*tmp*"))

@@ -1,0 +1,119 @@
+"""Training on real patches: learning, outputs, stage switching, NaN guard, bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError, load_checkpoint, load_inference_bundle, save_inference_bundle
+from models.config import ModelConfig
+from models.networks import build_networks
+from models.reporting import read_history
+from models.train import train
+from models.trainer import TrainingDivergedError
+from models_support import tiny_cfg
+
+pytest_plugins = ["models_support"]  # fixtures registered once per session (not per importing module)
+pytestmark = pytest.mark.usefixtures("single_thread")
+from pipeline.store import StoreError
+
+
+def test_short_real_run_learns_and_writes_the_run_dir(trained_run):
+    run_dir, summary = trained_run
+    start, end = summary.held_out_start["hole_l1"], summary.held_out_end["hole_l1"]
+    assert end < 0.75 * start, (start, end)  # held-out (test split) hole-region L1 falls clearly
+    assert summary.steps == 30 and summary.status == "completed"
+    meta = json.loads((run_dir / "config.json").read_text())
+    assert meta["model_config"]["train"]["mode"] == "joint" and meta["data_version"] == summary.data_version
+    assert meta["edge_params"]["sigma"] > 0 and meta["radiometry"]["dtype"] == "uint8"
+    assert any("perceptual and style losses are OFF" in w for w in meta["warnings"])
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")  # weights_only=True inside
+    assert ckpt["step"] == 30 and set(ckpt["models"]) == {"g1", "g2", "d1", "d2"} and "optimizers" in ckpt
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt")) == ["step-10.pt", "step-20.pt", "step-30.pt"]
+    assert [h["step"] for h in read_history(run_dir)] == list(range(1, 31))
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert (run_dir / "samples" / "step-30.png").stat().st_size > 1000
+    assert (run_dir / "samples" / "losses.png").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())["training"]
+    assert metrics["held_out_end"]["hole_l1"] == pytest.approx(end)
+    bundle = load_inference_bundle(run_dir)
+    assert not bundle.edge_generator.training and bundle.patch_size == 256
+
+
+def test_stage_switches_on_mape_and_persists(prepared_store, tmp_path):
+    cfg = tiny_cfg(mode="edge", max_steps=3, checkpoint_every=10)
+    cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"mape_threshold": 1e9, "mape_every": 2})})
+    summary = train(prepared_store, tmp_path / "run", cfg, progress=False)
+    assert summary.stage == 2 and summary.stage_switch_step == 2
+    assert "held-out edge MAPE" in summary.events[0]
+    stages = [h["stage"] for h in read_history(tmp_path / "run")]
+    assert stages == [1, 2, 2]
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["stage"] == 2 and ckpt["stage_switch_step"] == 2
+
+
+def test_stage_switches_at_max_epochs_when_mape_stays_high(prepared_store, tmp_path):
+    cfg = tiny_cfg(mode="edge", max_steps=6, batch_size=4, checkpoint_every=100)
+    cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"mape_threshold": 0.0, "mape_every": 1000,
+                                                                              "max_stage1_epochs": 1})})
+    summary = train(prepared_store, tmp_path / "run", cfg, progress=False)
+    # 20 train pairings / batch 4 = 5 batches per epoch: the switch happens after step 5
+    assert summary.stage == 2 and summary.stage_switch_step == 5 and "max_stage1_epochs=1" in summary.events[0]
+
+
+def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(prepared_store, tmp_path):
+    run = tmp_path / "run"
+    train(prepared_store, run, tiny_cfg(mode="edge", max_steps=2), progress=False)
+    good = load_checkpoint(run / "checkpoints" / "last.pt")
+    bad = tiny_cfg(mode="edge", max_steps=4)
+    bad = bad.model_copy(update={"losses": bad.losses.model_copy(update={"edge_structure_weight": float("inf")})})
+    with pytest.raises(TrainingDivergedError, match=r"G1 loss is (nan|inf) .*at step 3"):
+        train(prepared_store, run, bad, progress=False)
+    kept = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert kept["step"] == 2
+    assert all(torch.equal(kept["models"]["g1"][k], good["models"]["g1"][k]) for k in good["models"]["g1"])
+    assert json.loads((run / "metrics.json").read_text())["status"].startswith("diverged")
+
+
+def test_store_without_edges_is_rejected(real_store, tmp_path):
+    with pytest.raises(StoreError, match=r"not prepared for training.*edges.*edgefill prepare"):
+        train(real_store, tmp_path / "run", tiny_cfg(max_steps=1), progress=False)
+
+
+def test_checkpoint_from_another_architecture_is_rejected(prepared_store, tmp_path):
+    run = tmp_path / "run"
+    train(prepared_store, run, tiny_cfg(mode="edge", max_steps=2), progress=False)
+    wider = tiny_cfg(mode="edge", max_steps=4).model_copy(update={"base_channels": 8})
+    with pytest.raises(CheckpointError, match="another architecture"):
+        train(prepared_store, run, wider, progress=False)
+    # a run dir whose config claims one architecture but whose weights are another's
+    other = tmp_path / "other"
+    small = ModelConfig.tiny().model_copy(update={"residual_blocks": 1})
+    nets = build_networks(small)
+    save_inference_bundle(other, edge_generator=nets["g1"], inpaint_generator=nets["g2"], model_config=small)
+    meta = json.loads((other / "config.json").read_text())
+    meta["model_config"]["residual_blocks"] = 2
+    meta["architecture_hash"] = ModelConfig.tiny().architecture_hash()
+    (other / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="another architecture"):
+        load_inference_bundle(other)
+
+
+def test_corrupt_or_missing_checkpoint_is_a_clear_error(trained_run, tmp_path):
+    import shutil
+
+    run_dir, _ = trained_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    last = copy / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.unlink()
+    last.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        load_inference_bundle(copy)
+    last.unlink()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_inference_bundle(copy)
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        load_inference_bundle(tmp_path)

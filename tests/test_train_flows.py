@@ -1,0 +1,69 @@
+"""Prefect flows train-model / retrain-model (real Prefect, real store, tmp registry) + CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from models.registry import current_model, load_index
+
+pytest_plugins = ["models_support"]  # fixtures registered once per session (not per importing module)
+pytestmark = pytest.mark.usefixtures("single_thread")
+FAST = ["train.batch_size=2", "train.crop_size=64", "schedule.mape_patches=2"]
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_train_then_retrain_promotes_only_if_better(prefect_harness, prepared_store, tmp_path, monkeypatch):
+    from flows.train import retrain_model_flow, train_model_flow
+
+    monkeypatch.setenv("EDGEFILL_REGISTRY", str(tmp_path / "registry"))
+    run_dir = tmp_path / "runs" / "first"
+    out = train_model_flow(store=str(prepared_store), run_dir=str(run_dir), config="tiny", mode="joint",
+                           max_steps=4, overrides=FAST, pairs_per_bin=1)
+    assert out["promoted"] and current_model() == out["model"] == "tiny-v1"
+    assert out["metrics"]["hole_psnr"] > 0 and (run_dir / "eval" / "evaluation.md").exists()
+    assert json.loads((run_dir / "metrics.json").read_text())["evaluation"]["hole_psnr"] == out["metrics"]["hole_psnr"]
+
+    res = retrain_model_flow(store=str(prepared_store), out_root=str(tmp_path / "runs"), max_steps=2,
+                             overrides=FAST, pairs_per_bin=1)
+    cand, cur = res["candidate_metrics"]["hole_psnr"], res["current_metrics"]["hole_psnr"]
+    assert res["base"] == "tiny-v1" and res["candidate"] == "tiny-v2"
+    assert res["promoted"] == (cand > cur)
+    assert current_model() == ("tiny-v2" if cand > cur else "tiny-v1")
+    assert ("keeping tiny-v1" in res["reason"]) != res["promoted"]
+    # the fine-tune started from the current model's weights, in the base's config
+    meta = json.loads((tmp_path / "runs" / res["run_dir"].split("/")[-1] / "config.json").read_text())
+    assert meta["model_config"]["base_channels"] == 16 and meta["model_config"]["train"]["max_steps"] == 2
+    assert "tiny-v2" in load_index()["models"]
+
+    from prefect.client.orchestration import get_client
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts()}
+    assert {"train-model", "train-model-evaluation", "retrain-model"} <= keys
+
+
+def test_deployments_declare_default_and_nightly_cron():
+    from flows.train import NIGHTLY_CRON, deployments
+
+    deps = {d.name: d for d in deployments()}
+    assert set(deps) == {"default", "nightly"}
+    assert deps["default"].parameters["config"] == "demo"
+    schedules = deps["nightly"].schedules
+    assert schedules and schedules[0].schedule.cron == NIGHTLY_CRON
+
+
+def test_cli_train_and_evaluate_bad_input_exit_cleanly(real_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgefill_cli import app
+
+    r = CliRunner().invoke(app, ["train", str(real_store), "--config", "tiny", "--max-steps", "1", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "not prepared for training" in r.output
+    r = CliRunner().invoke(app, ["evaluate", str(real_store), "--model", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "error" in r.output

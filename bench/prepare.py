@@ -4,7 +4,8 @@ measured in this run on REAL patches (the bundled scenes tiled at stride 128 and
 
     .venv/bin/python bench/prepare.py [--patches 2048] [--naive 256] [--threads 2]
 
-Prints patches/s, patches/s per core, the ratio, and an EXTRAPOLATED time for 60,000 patches.
+Prints patches/s, patches/s per core, the ratio, an EXTRAPOLATED time for 60,000 patches, and
+where one shard's CPU time goes (whole-shard read / edges / write, versus zarr's per-chunk path).
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ from pipeline.masks import RATIO_BINS  # noqa: E402
 from pipeline.masks.library import MaskKindSpec, MaskLibraryConfig  # noqa: E402
 from pipeline.pairings import PairingConfig  # noqa: E402
 from pipeline.prepare import DaskConfig, compute_edges, dask_client, ensure_mask_library, write_pairings  # noqa: E402
+from pipeline.edges import edges_for_stored  # noqa: E402
 from pipeline.scenes import read_scene, scenes_with_role  # noqa: E402
+from pipeline.shard_io import read_shard, write_shard  # noqa: E402
 from pipeline.store import Radiometry, create_store, open_store  # noqa: E402
 
 
@@ -70,6 +73,30 @@ def naive(store: Path, n: int, out_dir: Path, n_masks: int) -> float:
     return time.perf_counter() - t0
 
 
+def breakdown(store: Path, reps: int = 5) -> str:
+    """CPU ms per patch of each step on shard 0 (single thread, best of ``reps``), and zarr's own
+    slicing (one asyncio task + thread hop per 1-patch chunk) for reference."""
+    g = open_store(store, "r+", require=("images", "edges"))
+    s = int(g.attrs["shard_patches"])
+    to_unit = Radiometry().to_unit
+
+    def cpu(fn):
+        best = float("inf")
+        for _ in range(reps):
+            c0 = time.process_time()
+            out = fn()
+            best = min(best, time.process_time() - c0)
+        return out, best * 1000 / s
+
+    images, t_read = cpu(lambda: read_shard(g["images"], 0))
+    edges, t_edges = cpu(lambda: edges_for_stored(images, to_unit))
+    _, t_write = cpu(lambda: write_shard(g["edges"], 0, edges))
+    _, t_zread = cpu(lambda: g["images"][:s])
+    _, t_zwrite = cpu(lambda: g["edges"].__setitem__(slice(0, s), edges))
+    return (f"per patch, CPU ms (1 thread): read shard {t_read:.2f} (zarr slicing {t_zread:.2f}), "
+            f"edges {t_edges:.2f}, write shard {t_write:.2f} (zarr slicing {t_zwrite:.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--patches", type=int, default=2048)
@@ -101,6 +128,7 @@ def main() -> None:
         c0 = time.process_time()
         t_naive = naive(store, args.naive, naive_dir, 80)
         cpu_naive = time.process_time() - c0
+        steps = breakdown(store)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ours_rate, naive_rate = args.patches / t_ours, args.naive / t_naive
@@ -114,6 +142,7 @@ def main() -> None:
           f"({cores} threads vs 1; wall ratios suffer when other jobs share the cores)")
     print(f"EXTRAPOLATED 60,000 patches on {cores} free cores: ours {60000 / (cores * ours_cpu_rate):.0f} s, "
           f"naive (1 core) {60000 / naive_cpu_rate:.0f} s; at this run's wall rate: ours {60000 / ours_rate:.0f} s")
+    print(steps)
 
 
 if __name__ == "__main__":

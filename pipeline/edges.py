@@ -98,7 +98,8 @@ def canny_edges(gray01: np.ndarray, params: EdgeParams = EdgeParams(),
     k = _ksize(params.sigma)
     blur = dict(ksize=(k, k), sigmaX=params.sigma, sigmaY=params.sigma, borderType=cv2.BORDER_CONSTANT)
     if valid is None:
-        scaled = cv2.GaussianBlur(gray, **blur) * _scaled_bleed_over(gray.shape, params.sigma)
+        scaled = cv2.GaussianBlur(gray, **blur)
+        np.multiply(scaled, _scaled_bleed_over(gray.shape, params.sigma), out=scaled)
     else:
         weight = valid.astype(np.float32)
         scaled = cv2.GaussianBlur(gray * weight, **blur) * np.float32(GRADIENT_SCALE) / (
@@ -145,11 +146,14 @@ def edges_for_stored(images: np.ndarray, to_unit=None, params: EdgeParams = Edge
     if to_unit is not None and images.dtype in (np.uint8, np.uint16):
         unit = np.asarray(to_unit(np.arange(np.iinfo(images.dtype).max + 1, dtype=images.dtype)), np.float32)
         luts = [np.float32(w) * unit for w in GRAY_WEIGHTS]  # same ops as rgb_to_gray(to_unit(x))
+    gray8, term8 = np.empty(images.shape[2:], np.float32), np.empty(images.shape[2:], np.float32)
     for i in range(images.shape[0]):
         if luts is not None:
             x = images[i]
             if x.dtype == np.uint8:  # cv2.LUT: same table values, much faster than fancy indexing
-                gray = cv2.LUT(x[0], luts[0]) + cv2.LUT(x[1], luts[1]) + cv2.LUT(x[2], luts[2])
+                gray = cv2.LUT(x[0], luts[0], dst=gray8)  # (r + g) + b, in float32 as rgb_to_gray
+                np.add(gray, cv2.LUT(x[1], luts[1], dst=term8), out=gray)
+                np.add(gray, cv2.LUT(x[2], luts[2], dst=term8), out=gray)
             else:
                 gray = luts[0][x[0]] + luts[1][x[1]] + luts[2][x[2]]
         else:

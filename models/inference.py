@@ -1,0 +1,216 @@
+"""Sliding-window inference over a scene of any size, streamed in strips of tile rows.
+
+Engine (:func:`inpaint_strips`)
+- The scene is covered by a grid of ``tile`` x ``tile`` windows, stride ``tile - overlap``; the
+  last row/column of tiles is aligned to the scene's end (scenes smaller than a tile are padded
+  by mirror reflection). Only tiles containing at least one *hole* pixel go through the model.
+- Each tile is converted to float [0, 1], its edges are computed by THE training edge function
+  (:func:`pipeline.edges.canny_edges` on :func:`pipeline.edges.rgb_to_gray`, with the unknown
+  pixels excluded via ``valid``) and it is filled by a batched ``fill_fn``.
+- Overlapping predictions are blended with a separable raised-cosine window ``w(y) w(x)``
+  (flat 1 in the tile's middle, tapering to ~0 over ``overlap`` px at each side). Every tile
+  of the grid that covers a hole pixel contains that hole, so it runs: the blend weight of a
+  hole pixel is therefore ``(sum_i w(y - r_i)) (sum_j w(x - c_j))`` and no weight raster is kept.
+- Strips are emitted top to bottom as soon as no later tile can touch their rows, so memory is
+  O(tile x scene width), independent of the scene's height (see bench/inpaint.py).
+- Compositing (in the caller's dtype) keeps every non-hole pixel's stored value bit-for-bit.
+
+``fill_fn(images01 (N,3,t,t), mask (N,1,t,t), edges (N,1,t,t)) -> (N,3,t,t)`` float32 arrays in
+[0, 1], mask 1 = missing, edges 1 = edge: :func:`model_fill_fn` wraps G1 then G2 of a
+:class:`models.checkpoint.InferenceBundle`; tests plug in simpler callables.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.edges import EdgeParams, canny_edges, rgb_to_gray
+
+FillFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+#: read_strip(r0, r1) -> (stored (C, r1-r0, W), hole (r1-r0, W) bool, unknown (r1-r0, W) bool)
+StripReader = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+ToUnit = Callable[[np.ndarray], np.ndarray]
+
+
+class TilingConfig(BaseModel):
+    """Tile grid and batching. ``tile`` px (multiple of 4; the model's patch size by default),
+    ``overlap`` px between neighbouring tiles, ``batch_size`` tiles per model call."""
+
+    model_config = ConfigDict(frozen=True)
+    tile: int = Field(256, ge=16)
+    overlap: int = Field(32, ge=0)
+    batch_size: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TilingConfig":
+        if self.tile % 4:
+            raise ValueError(f"tile must be a multiple of 4 (the generators downsample by 4), got {self.tile}")
+        if self.overlap >= self.tile // 2 + 1:
+            raise ValueError(f"overlap {self.overlap} must be at most half the tile ({self.tile})")
+        return self
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+
+@dataclass
+class InferenceStats:
+    """Counts of one run (tiles in the grid, tiles sent to the model, model calls)."""
+
+    tiles_total: int = 0
+    tiles_run: int = 0
+    batches: int = 0
+    hole_pixels: int = 0
+
+    @property
+    def skipped_fraction(self) -> float:
+        return 1.0 - self.tiles_run / self.tiles_total if self.tiles_total else 1.0
+
+
+@dataclass
+class StripResult:
+    """Final rows ``[row0, row1)``: stored values, blended prediction (None when no hole) and masks.
+
+    ``pred01`` is a view into the engine's buffer: valid until the generator resumes."""
+
+    row0: int
+    row1: int
+    stored: np.ndarray
+    pred01: np.ndarray | None
+    hole: np.ndarray
+    unknown: np.ndarray = field(repr=False)
+
+
+def blend_window_1d(tile: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
+    """(tile,) float64 raised-cosine taper: ~0 -> 1 over ``overlap`` px at both ends, 1 between."""
+    w = np.ones(tile, np.float64)
+    if overlap > 0:
+        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)
+        w[:overlap] = ramp
+        w[tile - overlap:] = ramp[::-1]
+    return np.maximum(w, floor)
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Starts of tiles covering ``[0, length)``; the last one ends exactly at ``length``
+    (``length`` is at least ``tile``: smaller scenes are padded first)."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def coverage_weight(length: int, tile: int, starts: list[int], w: np.ndarray) -> np.ndarray:
+    """(length,) sum of the 1-D blend windows of all tiles covering each position."""
+    total = np.zeros(length, np.float64)
+    for s in starts:
+        total[s:s + tile] += w
+    return total
+
+
+def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    ph, pw = h - a.shape[-2], w - a.shape[-1]
+    if ph <= 0 and pw <= 0:
+        return a
+    pad = [(0, 0)] * (a.ndim - 2) + [(0, max(ph, 0)), (0, max(pw, 0))]
+    return np.pad(a, pad, mode="symmetric")
+
+
+def inpaint_strips(read_strip: StripReader, height: int, width: int, fill_fn: FillFn, to_unit: ToUnit,
+                   edge_params: EdgeParams = EdgeParams(), tiling: TilingConfig = TilingConfig(),
+                   stats: InferenceStats | None = None) -> Iterator[StripResult]:
+    """Stream a scene through the tiled model; yields final row strips top to bottom."""
+    stats = stats if stats is not None else InferenceStats()
+    t = tiling.tile
+    hv, wv = max(height, t), max(width, t)
+    rows, cols = tile_starts(hv, t, tiling.stride), tile_starts(wv, t, tiling.stride)
+    w1 = blend_window_1d(t, tiling.overlap)
+    w2 = (w1[:, None] * w1[None, :]).astype(np.float32)
+    wy, wx = coverage_weight(hv, t, rows, w1), coverage_weight(wv, t, cols, w1)
+    stats.tiles_total += len(rows) * len(cols)
+    acc = np.zeros((3, t, wv), np.float32)  # blended sum for rows [r, r + t) of the current strip
+    for i, r in enumerate(rows):
+        r_end = min(r + t, height)
+        stored, hole, unknown = read_strip(r, r_end)
+        if stored.ndim != 3 or stored.shape[1:] != (r_end - r, width):
+            raise ValueError(f"read_strip returned {stored.shape}, expected (C, {r_end - r}, {width})")
+        s_p, h_p, u_p = _pad_to(stored, t, wv), _pad_to(hole, t, wv), _pad_to(unknown, t, wv)
+        todo = [c for c in cols if h_p[:, c:c + t].any()]
+        stats.tiles_run += len(todo)
+        stats.hole_pixels += int(hole[: (rows[i + 1] - r) if i + 1 < len(rows) else None].sum())
+        for b in range(0, len(todo), tiling.batch_size):
+            batch = todo[b:b + tiling.batch_size]
+            imgs = np.stack([to_unit(s_p[:, :, c:c + t]) for c in batch]).astype(np.float32)
+            masks = np.stack([u_p[None, :, c:c + t] for c in batch]).astype(np.float32)
+            imgs *= 1.0 - masks
+            edges = np.stack([canny_edges(rgb_to_gray(img), edge_params, valid=m[0] < 0.5)[None]
+                              for img, m in zip(imgs, masks)]).astype(np.float32)
+            out = np.asarray(fill_fn(imgs, masks, edges), dtype=np.float32)
+            if out.shape != imgs.shape:
+                raise ValueError(f"fill_fn returned shape {out.shape}, expected {imgs.shape}")
+            stats.batches += 1
+            for c, pred in zip(batch, out):
+                acc[:, :, c:c + t] += pred * w2
+        last = i + 1 == len(rows)
+        n = (r_end - r) if last else rows[i + 1] - r
+        pred = None
+        if hole[:n].any():  # every tile covering these holes has run (it contains them)
+            pred = acc[:, :n, :width]  # normalised in place: these rows are final
+            pred /= wy[r:r + n, None].astype(np.float32)
+            pred /= wx[None, :width].astype(np.float32)
+            np.clip(pred, 0.0, 1.0, out=pred)
+        yield StripResult(r, r + n, stored[:, :n], pred, hole[:n], unknown[:n])
+        if not last:
+            acc[:, : t - n] = acc[:, n:]
+            acc[:, t - n:] = 0.0
+
+
+def inpaint_array(stored: np.ndarray, hole: np.ndarray, fill_fn: FillFn, to_unit: ToUnit,
+                  unknown: np.ndarray | None = None, edge_params: EdgeParams = EdgeParams(),
+                  tiling: TilingConfig = TilingConfig(), stats: InferenceStats | None = None) -> np.ndarray:
+    """In-memory convenience: (C, H, W) stored values -> (C, H, W) float32 [0, 1] prediction where
+    ``hole``, ``to_unit(stored)`` elsewhere (the caller converts back and composites)."""
+    unknown = hole if unknown is None else unknown | hole
+    h, w = hole.shape
+    out = to_unit(stored).astype(np.float32)
+    reader = lambda r0, r1: (stored[:, r0:r1], hole[r0:r1], unknown[r0:r1])  # noqa: E731
+    for s in inpaint_strips(reader, h, w, fill_fn, to_unit, edge_params, tiling, stats):
+        if s.pred01 is not None:
+            region = out[:, s.row0:s.row1]
+            region[:, s.hole] = s.pred01[:, s.hole]
+    return out
+
+
+def model_fill_fn(bundle, device: str = "cpu", bf16: bool | None = None) -> FillFn:
+    """G1 then G2 of an :class:`~models.checkpoint.InferenceBundle` as a batched ``fill_fn``.
+
+    G1 completes the edges from (mask, masked edges); its probabilities replace the edges inside
+    the hole (EdgeConnect's composite); G2 fills RGB from the masked image and those edges.
+    On CUDA the forward runs under bf16 autocast (``bf16=None`` -> on for CUDA, off for CPU).
+    """
+    import torch
+
+    dev = torch.device(device)
+    use_bf16 = (dev.type == "cuda") if bf16 is None else bf16
+    g1 = bundle.edge_generator.to(dev).eval()
+    g2 = bundle.inpaint_generator.to(dev).eval()
+
+    def fill(images01: np.ndarray, mask: np.ndarray, edges: np.ndarray) -> np.ndarray:
+        amp = torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+        with torch.inference_mode(), amp:
+            x, m, e = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev, non_blocking=True)
+                       for a in (images01, mask, edges))
+            known_edges = e * (1 - m)
+            edge_prob = g1(known_edges, m)
+            full_edges = known_edges + edge_prob * m
+            rgb = g2(x * (1 - m), full_edges, m)
+            rgb = rgb.float().clamp(0, 1)
+        return rgb.cpu().numpy()
+
+    return fill

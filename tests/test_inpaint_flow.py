@@ -1,0 +1,83 @@
+"""The `inpaint-scene` / `inpaint-scenes` Prefect flows (real Prefect, test harness) and the
+`edgefill inpaint` CLI, on real SLC-off scenes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from prefect.testing.utilities import prefect_test_harness
+from rasterio.windows import Window
+from typer.testing import CliRunner
+
+from inpaint_support import SLC_A, SLC_B, real_gap_mask, stack_scene, tiny_run  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_flows_fan_out_one_run_per_scene(tmp_path, tiny_run, prefect_harness):
+    from flows.inpaint import deployments, inpaint_scene_flow, inpaint_scenes_flow
+
+    a = stack_scene(SLC_A, tmp_path / "a.tif", window=Window(0, 0, 300, 260))
+    b = stack_scene(SLC_B, tmp_path / "b.tif", window=Window(323, 0, 300, 300))
+    single = inpaint_scene_flow(input=str(a), output=str(tmp_path / "single" / "a.tif"), model=str(tiny_run),
+                                mask_kind="nodata", dilate=1)
+    assert Path(single["output"]).is_file() and single["filled_pixels"] > 0
+    results = inpaint_scenes_flow(inputs=[str(a), str(b)], output_dir=str(tmp_path / "many"), model=str(tiny_run),
+                                  mask_kind="slc_off")
+    assert [Path(r["output"]).name for r in results] == ["a_inpainted.tif", "b_inpainted.tif"]
+    for r in results:
+        assert Path(r["stac_item"]).is_file() and Path(r["filled_mask"]).is_file()
+
+    import asyncio
+
+    from prefect.client.orchestration import get_client as client_factory
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    async def runs_of(name):
+        async with client_factory() as client:
+            return await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[name])))
+
+    scene_runs = asyncio.run(runs_of("inpaint-scene"))
+    assert len([r for r in scene_runs if r.state.is_completed()]) == 3  # 1 direct + 1 per scene
+    names = {(d.flow_name, d.name) for d in deployments()}
+    assert {("inpaint-scene", "default"), ("inpaint-scene", "everest-demo"), ("inpaint-scenes", "default")} <= names
+
+
+def test_flow_without_input_runs_the_everest_demo(tmp_path, tiny_run, prefect_harness):
+    from flows.inpaint import inpaint_scene_flow
+
+    result = inpaint_scene_flow(model=str(tiny_run), demo_out_dir=str(tmp_path / "everest"))
+    assert result["scene"] == "LE07_140041_20001030_EVEREST" and result["model_name"] == "tiny-untrained"
+    summary = (tmp_path / "everest" / "summary.md").read_text()
+    assert "GDAL FillNodata" in summary and f"{result['metrics']['gdal_fillnodata']['psnr']:.2f}" in summary
+    with rasterio.open(result["inpainted"]) as o:
+        assert o.crs.to_epsg() == 32645 and o.shape == (655, 800)
+
+
+def test_cli_inpaint_and_clear_errors(tmp_path, tiny_run):
+    import edgefill_cli
+
+    src = stack_scene(SLC_A, tmp_path / "scene.tif", window=Window(100, 100, 260, 250))
+    runner = CliRunner()
+    out = tmp_path / "cli" / "scene_filled.tif"
+    res = runner.invoke(edgefill_cli.app, ["inpaint", str(src), str(out), "--model", str(tiny_run),
+                                           "--bands", "1,2,3", "--dilate", "1"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["output"] == str(out) and summary["filled_pixels"] > real_gap_mask(SLC_A)[100:350, 100:360].sum()
+    with rasterio.open(out) as o, rasterio.open(src) as i:
+        keep = rasterio.open(summary["filled_mask"]).read(1) == 0
+        np.testing.assert_array_equal(o.read()[:, keep], i.read()[:, keep])
+    res = runner.invoke(edgefill_cli.app, ["inpaint", str(src), str(src), "--model", str(tiny_run)])
+    assert res.exit_code == 2 and "refusing to overwrite the input" in res.output
+    res = runner.invoke(edgefill_cli.app, ["inpaint", str(src), str(tmp_path / "x.tif"), "--model", str(tiny_run),
+                                           "--slc-off", "--qa", str(src)])
+    assert res.exit_code == 2 and "choose one mask source" in res.output
+    assert not (tmp_path / "x.tif").exists()

@@ -12,9 +12,9 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from pipeline.prepare import (DaskConfig, PrepareConfig, PrepareSummary, compute_edges, ensure_mask_library,
+from pipeline.prepare import (DaskConfig, PrepareConfig, compute_edges, ensure_mask_library, record_prepare,
                               write_pairings)
-from pipeline.store import config_hash, open_store
+from pipeline.store import open_store
 
 DEFAULT_STORE = "./demo_out/landsat.zarr"
 
@@ -55,19 +55,10 @@ def prepare_dataset_flow(store: str = DEFAULT_STORE, scheduler: str | None = Non
     edges = edges_task(store, cfg, dask)
     n_masks, rebuilt = masks_task(store, cfg)
     n_train, n_test = pairings_task(store, cfg)
-    n = int(open_store(store, "r")["images"].shape[0])
-    summary = PrepareSummary(store=store, n_patches=n, **edges, n_masks=n_masks, masks_rebuilt=rebuilt,
-                             n_train_pairs=n_train, n_test_pairs=n_test,
-                             seconds=round(time.perf_counter() - t0, 3), config_hash=config_hash(cfg.model_dump()))
-    group = open_store(store, "r+", require=("images",))
-    prep = dict(group.attrs.get("prepare", {}))
-    prep.update({"config": cfg.model_dump(), "config_hash": summary.config_hash,
-                 "edge_params": cfg.edges.model_dump(), "last_run": summary.model_dump(),
-                 "complete": summary.shards_not_exported == 0})
-    group.attrs["prepare"] = prep
+    summary = record_prepare(store, cfg, edges, n_masks, rebuilt, n_train, n_test, t0)
     create_markdown_artifact(
         key="prepare-dataset",
-        markdown=(f"## prepare-dataset `{store}`\n\n| | |\n|---|---|\n| patches | {n} |\n"
+        markdown=(f"## prepare-dataset `{store}`\n\n| | |\n|---|---|\n| patches | {summary.n_patches} |\n"
                   f"| shards computed / skipped / not exported | {summary.shards_computed} / "
                   f"{summary.shards_skipped} / {summary.shards_not_exported} |\n"
                   f"| masks | {n_masks} ({'rebuilt' if rebuilt else 'kept'}) |\n"

@@ -3,7 +3,8 @@
 One :class:`ModelConfig` describes a run completely; it is written to ``RUN_DIR/config.json``
 and read back by :mod:`models.checkpoint`. Presets: :meth:`ModelConfig.full` (EdgeConnect
 sizes, the GPU default), :meth:`ModelConfig.tiny` (16 base channels, 2 residual blocks, CPU
-tests) and :meth:`ModelConfig.demo` (tiny, joint mode, a few minutes on 2 CPU cores).
+tests) and :meth:`ModelConfig.demo` (tiny, joint mode, a few minutes on 2 CPU cores; its G2
+starts at a harmonic smooth fill and learns a residual, ``g2_residual_fill``).
 
 Conventions: mask 1 = missing; edges 1 = edge; images float32 NCHW in [0, 1].
 """
@@ -100,6 +101,8 @@ class ModelConfig(BaseModel):
     residual_blocks: int = Field(8, ge=0)
     disc_channels: int = Field(64, ge=1)
     edge_spectral_norm: bool = True
+    g2_residual_fill: bool = Field(False, description="G2 = push-pull smooth fill + learned residual "
+                                   "(zero-initialised; mask as 5th input); the demo preset's short-CPU-run head")
     losses: LossConfig = LossConfig()
     schedule: StageSchedule = StageSchedule()
     train: TrainConfig = TrainConfig()
@@ -108,7 +111,10 @@ class ModelConfig(BaseModel):
         """The fields that decide tensor shapes (what a checkpoint must match)."""
         return {"base_channels": self.base_channels, "residual_blocks": self.residual_blocks,
                 "disc_channels": self.disc_channels, "edge_spectral_norm": self.edge_spectral_norm,
-                "g1_inputs": ["mask", "masked_edges"], "g2_inputs": ["masked_rgb", "edges"], "d1_inputs": ["edges"]}
+                "g1_inputs": ["mask", "masked_edges"], "g2_inputs": ["masked_rgb", "edges"], "d1_inputs": ["edges"],
+                # only present when on, so existing checkpoints keep their hash
+                **({"g2_residual_fill": True, "g2_inputs": ["smooth_filled_rgb", "edges", "mask"]}
+                   if self.g2_residual_fill else {})}
 
     def architecture_hash(self) -> str:
         blob = json.dumps(self.architecture(), sort_keys=True).encode()
@@ -129,11 +135,15 @@ class ModelConfig(BaseModel):
 
     @classmethod
     def demo(cls, **train) -> "ModelConfig":
-        """Tiny joint model, 128 px crops: ~3-5 minutes for the default steps on 2 CPU cores."""
+        """Tiny joint model, 128 px crops: ~3-5 minutes for the default steps on 2 CPU cores.
+
+        A few hundred CPU steps cannot teach a randomly initialised G2 to reproduce the known
+        image, so the demo's G2 starts at a push-pull smooth fill and learns a residual
+        (``g2_residual_fill``, see :mod:`models.networks`); G1 and all losses are the method's."""
         train = {"mode": "joint", "max_steps": 300, "crop_size": 128, "checkpoint_every": 100,
                  "sample_every": 100, **train}
         cfg = cls.tiny(**train)
-        return cfg.model_copy(update={"name": "demo"})
+        return cfg.model_copy(update={"name": "demo", "g2_residual_fill": True})
 
     @classmethod
     def preset(cls, name: str, **train) -> "ModelConfig":

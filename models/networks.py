@@ -5,6 +5,11 @@
   -> two transposed convs -> 7x7 conv, sigmoid. Instance norm; spectral norm on its convs.
 - :class:`InpaintGenerator` (G2): input = (masked RGB with holes set to 1, completed edges),
   4 channels, same body without spectral norm, output ``(tanh + 1) / 2`` in [0, 1].
+- ``ModelConfig.g2_residual_fill`` (the CPU ``demo`` preset only): G2's holes are prefilled with a
+  push-pull smooth fill of the known pixels (:func:`smooth_fill`) instead of white, the mask is a 5th
+  input channel, and the output is that fill plus a residual in logit space whose last conv starts
+  at zero, so an untrained G2 already returns the smooth fill and a few hundred CPU steps only have
+  to learn the correction.
 - :class:`Discriminator` (D1/D2): 70x70 PatchGAN, 4x4 kernels, spectral norm, LeakyReLU 0.2;
   returns raw logits and the intermediate activations (for feature matching).
 
@@ -14,6 +19,7 @@ Full sizes: G1 10,757,953, G2 10,774,595, D1 (1 channel) 2,761,728, D2 (3 channe
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -93,6 +99,42 @@ class EdgeGenerator(nn.Module):
         return torch.sigmoid(self.body(x))
 
 
+def smooth_fill(image: torch.Tensor, known: torch.Tensor, iterations: int = 100, eps: float = 1e-6) -> torch.Tensor:
+    """Harmonic (membrane) fill of ``image`` (N,C,H,W) where ``known`` (N,1,H,W, 1 = valid) is 0.
+
+    Push-pull (Gortler et al. 1996) first: pull = 2x2 weighted averages with weights summed and
+    clipped at 1, up to 1x1; push = each level blends its own value with the bilinearly upsampled
+    coarser fill by its weight. Then ``iterations`` Jacobi sweeps of the 4-neighbour Laplace
+    equation on the hole pixels (known pixels fixed), which turn thin holes such as SLC-off stripes
+    into an across-the-gap interpolation. Known pixels are returned unchanged. On the demo store's
+    test pairs this alone scores about GDAL FillNodata's hole PSNR (+0.5 dB). Pixels of an image
+    with no known pixel get 0."""
+    levels = [(image * known, known)]
+    num, w = levels[0]
+    while max(num.shape[-2:]) > 1:
+        num = F.avg_pool2d(num, 2, ceil_mode=True) * 4  # sums of w * value
+        wsum = F.avg_pool2d(w, 2, ceil_mode=True) * 4
+        val = num / wsum.clamp_min(eps)
+        w = wsum.clamp(max=1.0)
+        num = val * w
+        levels.append((num, w))
+    fill = None
+    for num, w in reversed(levels):
+        val = num / w.clamp_min(eps)
+        if fill is None:
+            fill = val
+        else:
+            up = F.interpolate(fill, size=num.shape[-2:], mode="bilinear", align_corners=False)
+            fill = w * val + (1 - w) * up
+    known_part, hole = image * known, 1 - known
+    fill = known_part + fill * hole
+    for _ in range(iterations):
+        p = F.pad(fill, (1, 1, 1, 1), mode="replicate")
+        avg = (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) * 0.25
+        fill = torch.addcmul(known_part, avg, hole)
+    return fill
+
+
 class InpaintGenerator(nn.Module):
     """G2: ``forward(masked_rgb (N,3,H,W), edges (N,1,H,W), mask (N,1,H,W)) -> rgb (N,3,H,W)``.
 
@@ -101,14 +143,23 @@ class InpaintGenerator(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.body = _generator_body(4, 3, cfg.base_channels, cfg.residual_blocks, False)
+        self.residual_fill = cfg.g2_residual_fill
+        self.body = _generator_body(5 if self.residual_fill else 4, 3, cfg.base_channels, cfg.residual_blocks, False)
         init_weights(self)
+        if self.residual_fill:  # start exactly at the smooth fill
+            nn.init.zeros_(self.body[-1].weight)
+            nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, masked_rgb: torch.Tensor, edges: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         _check_inputs(masked_rgb=masked_rgb, edges=edges, mask=mask)
-        filled = masked_rgb * (1 - mask) + mask
-        x = torch.cat([filled, edges], dim=1)
-        return (torch.tanh(self.body(x)) + 1) / 2
+        if not self.residual_fill:
+            filled = masked_rgb * (1 - mask) + mask
+            x = torch.cat([filled, edges], dim=1)
+            return (torch.tanh(self.body(x)) + 1) / 2
+        with torch.no_grad():  # a function of the data only
+            prefill = smooth_fill(masked_rgb * (1 - mask), 1 - mask).clamp(1e-3, 1 - 1e-3)
+        x = torch.cat([prefill, edges, mask], dim=1)
+        return (torch.tanh(torch.atanh(2 * prefill - 1) + self.body(x)) + 1) / 2
 
 
 class Discriminator(nn.Module):

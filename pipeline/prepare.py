@@ -217,11 +217,18 @@ def prepare_store(store_path: str | Path, config: PrepareConfig = PrepareConfig(
     edges = compute_edges(store_path, config.edges, dask, client)
     n_masks, rebuilt = ensure_mask_library(store_path, config.masks)
     n_train, n_test = write_pairings(store_path, config.pairings)
-    summary = PrepareSummary(store=str(store_path), n_patches=int(images.shape[0]), **edges, n_masks=n_masks,
-                             masks_rebuilt=rebuilt, n_train_pairs=n_train, n_test_pairs=n_test,
+    return record_prepare(store_path, config, edges, n_masks, rebuilt, n_train, n_test, t0)
+
+
+def record_prepare(store_path: str | Path, config: PrepareConfig, edges: dict, n_masks: int, rebuilt: bool,
+                   n_train: int, n_test: int, t0: float) -> PrepareSummary:
+    """Summarise a prepare run (started at ``time.perf_counter() == t0``) and record it in
+    ``attrs["prepare"]`` (edge params, config and hash, last run, completeness)."""
+    group = open_store(store_path, "r+", require=("images",))
+    summary = PrepareSummary(store=str(store_path), n_patches=int(group["images"].shape[0]), **edges,
+                             n_masks=n_masks, masks_rebuilt=rebuilt, n_train_pairs=n_train, n_test_pairs=n_test,
                              seconds=round(time.perf_counter() - t0, 3),
                              config_hash=config_hash(config.model_dump()))
-    group = open_store(store_path, "r+", require=("images",))
     prep = dict(group.attrs.get("prepare", {}))
     prep.update({"config": config.model_dump(), "config_hash": summary.config_hash,
                  "edge_params": config.edges.model_dump(), "last_run": summary.model_dump(),

@@ -10,9 +10,16 @@ bash scripts/setup_venv.sh
 source .venv/bin/activate
 export PREFECT_HOME=${PREFECT_HOME:-$PWD/.prefect} PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 mkdir -p demo_out
-eval "$(bash scripts/prefect_server.sh start)"   # exports PREFECT_API_URL
+server_out=$(bash scripts/prefect_server.sh start)
+echo "$server_out" | grep -v '^export ' || true
+eval "$(echo "$server_out" | grep '^export PREFECT_API_URL=')"
+started_server=$(echo "$server_out" | grep -c 'server started' || true)
 serve_pid=""
-cleanup() { [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null; bash scripts/prefect_server.sh stop >/dev/null 2>&1 || true; }
+cleanup() {
+  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null
+  [ "$started_server" != 0 ] && bash scripts/prefect_server.sh stop >/dev/null 2>&1
+  true
+}
 trap cleanup EXIT
 python -m flows.serve > demo_out/serve.log 2>&1 &
 serve_pid=$!

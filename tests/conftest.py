@@ -15,6 +15,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from affine import Affine  # noqa: E402
 import pytest  # noqa: E402
 
 from pipeline.scenes import read_scene  # noqa: E402
@@ -40,7 +41,7 @@ def build_real_store(path: Path, max_per_scene: int = 4, shard_patches: int = 4)
     for scene_id, split in FIXTURE_SCENES:
         scene = read_scene(scene_id)
         for r, c in list(_tiles(scene))[:max_per_scene]:
-            t = scene.transform * scene.transform.translation(c, r)
+            t = scene.transform @ Affine.translation(c, r)
             rows.append((scene, split, scene.rgb[:, r:r + 256, c:c + 256], (t.a, t.b, t.c, t.d, t.e, t.f)))
     group = create_store(path, n_patches=len(rows), shard_patches=shard_patches, bands=["red", "green", "blue"],
                          radiometry=Radiometry(), source="test-fixture",
@@ -55,6 +56,18 @@ def build_real_store(path: Path, max_per_scene: int = 4, shard_patches: int = 4)
     group["valid"][:] = True
     group["export_done"][:] = 1
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server (SQLite, 127.0.0.1) for every in-process flow test of the session.
+
+    Several harnesses in one process hang in teardown (their event/log workers outlive the
+    server they were bound to), so there is exactly one, started on first use."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture(scope="session")

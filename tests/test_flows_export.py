@@ -79,16 +79,13 @@ async def _artifacts(url: str):
             return await client.read_artifacts()
 
 
-def test_flow_in_process_tasks_per_shard(prefect_server, tmp_path):
-    """The flow called in-process against the same server: one retried task run per shard."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
+def test_flow_in_process_tasks_per_shard(prefect_harness, tmp_path):
+    """The flow called in-process (session test server): one retried task run per shard."""
     from flows.export import export_landsat_flow
 
-    with temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
-        state = export_landsat_flow(out=str(tmp_path / "f.zarr"), shard_patches=16, return_state=True)
-        result = state.result()
-        runs = asyncio.run(_task_runs(state.state_details.flow_run_id))
+    state = export_landsat_flow(out=str(tmp_path / "f.zarr"), shard_patches=16, return_state=True)
+    result = state.result()
+    runs = asyncio.run(_task_runs(state.state_details.flow_run_id))
     assert result["complete"] and result["shards_total"] == 4 and result["n_valid"] > 30
     assert isinstance(result["store"], str)  # paths and small summaries, never arrays
     assert sorted(r.name for r in runs) == [f"export-shard-{k}" for k in range(4)]

@@ -8,17 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from prefect.testing.utilities import prefect_test_harness
 from rasterio.windows import Window
 from typer.testing import CliRunner
 
 from inpaint_support import SLC_A, SLC_B, real_gap_mask, stack_scene, tiny_run  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def prefect_harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_flows_fan_out_one_run_per_scene(tmp_path, tiny_run, prefect_harness):

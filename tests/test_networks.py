@@ -60,3 +60,39 @@ def test_bad_input_shapes_raise_clear_errors():
         g1(torch.zeros(1, 1, 30, 30), torch.zeros(1, 1, 30, 30))
     with pytest.raises(ValueError, match="equal N, H, W"):
         g1(torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 16, 16))
+
+
+def test_smooth_fill_keeps_known_pixels_and_interpolates_the_hole():
+    from models.networks import smooth_fill
+    y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    image = torch.stack([x, y, 0.5 * x + 0.25]).unsqueeze(0)  # smooth ramps
+    known = torch.ones(1, 1, 64, 64)
+    known[..., :, 20:24] = 0  # a 4 px SLC-off-like stripe
+    known[..., 40:56, 40:56] = 0  # a 16 px block
+    filled = smooth_fill(image * known, known)
+    assert torch.equal(filled * known, image * known)
+    hole = (1 - known).bool().expand_as(image)
+    err = (filled - image).abs()[hole]
+    white_err = (1 - image).abs()[hole]  # EdgeConnect's white prefill
+    assert err.max() < 0.12 and err.mean() < 0.03 and err.mean() < 0.1 * white_err.mean()
+    const = smooth_fill(torch.full((1, 3, 32, 32), 0.3) * known[..., :32, :32], known[..., :32, :32])
+    assert torch.allclose(const, torch.full_like(const, 0.3), atol=1e-5)
+
+
+def test_residual_fill_g2_starts_at_the_smooth_fill_and_keeps_the_full_hash():
+    from models.networks import smooth_fill
+    cfg = ModelConfig.demo()
+    assert cfg.g2_residual_fill and not ModelConfig.full().g2_residual_fill
+    assert ModelConfig.tiny().architecture_hash() == ModelConfig.tiny(max_steps=1).architecture_hash()
+    assert cfg.architecture_hash() != ModelConfig.tiny().architecture_hash()
+    assert "g2_residual_fill" not in ModelConfig.full().architecture()
+    torch.manual_seed(2)
+    g2 = InpaintGenerator(cfg).eval()
+    assert g2.body[1].weight.shape[1] == 5  # filled RGB, edges, mask
+    rgb, edges = torch.rand(1, 3, 32, 32), (torch.rand(1, 1, 32, 32) > 0.8).float()
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., :, 10:13] = 1
+    with torch.no_grad():
+        out = g2(rgb * (1 - mask), edges, mask)
+    expected = smooth_fill(rgb * (1 - mask), 1 - mask).clamp(1e-3, 1 - 1e-3)
+    assert torch.allclose(out, expected, atol=1e-5)

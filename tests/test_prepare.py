@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import zarr
-from prefect.testing.utilities import prefect_test_harness
 from prepare_helpers import small_prepare_config
 from typer.testing import CliRunner
 
@@ -126,12 +125,6 @@ def test_required_bin_that_cannot_be_filled(real_store):
 def test_unreachable_scheduler_is_a_clear_error(real_store):
     with pytest.raises(ConnectionError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:1"):
         compute_edges(real_store, dask=DaskConfig(scheduler="tcp://127.0.0.1:1", connect_timeout_s=2))
-
-
-@pytest.fixture(scope="module")
-def prefect_harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_flow_and_deployment(prefect_harness, real_store):

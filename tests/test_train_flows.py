@@ -4,19 +4,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from models.registry import current_model, load_index
 
 pytest_plugins = ["models_support"]  # fixtures registered once per session (not per importing module)
 pytestmark = pytest.mark.usefixtures("single_thread")
 FAST = ["train.batch_size=2", "train.crop_size=64", "schedule.mape_patches=2"]
-
-
-@pytest.fixture(scope="module")
-def prefect_harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_train_then_retrain_promotes_only_if_better(prefect_harness, prepared_store, tmp_path, monkeypatch):

@@ -6,10 +6,11 @@
 - :class:`InpaintGenerator` (G2): input = (masked RGB with holes set to 1, completed edges),
   4 channels, same body without spectral norm, output ``(tanh + 1) / 2`` in [0, 1].
 - ``ModelConfig.g2_residual_fill`` (the CPU ``demo`` preset only): G2's holes are prefilled with a
-  push-pull smooth fill of the known pixels (:func:`smooth_fill`) instead of white, the mask is a 5th
-  input channel, and the output is that fill plus a residual in logit space whose last conv starts
-  at zero, so an untrained G2 already returns the smooth fill and a few hundred CPU steps only have
-  to learn the correction.
+  harmonic smooth fill of the known pixels (:func:`smooth_fill`: push-pull, then Jacobi sweeps)
+  instead of white, the mask is a 5th input channel, and the output is
+  ``(tanh(atanh(2 * fill - 1) + body(x)) + 1) / 2`` (a residual in logit space) whose last conv
+  starts at zero, so an untrained G2 already returns the smooth fill and a few hundred CPU steps
+  only have to learn the correction.
 - :class:`Discriminator` (D1/D2): 70x70 PatchGAN, 4x4 kernels, spectral norm, LeakyReLU 0.2;
   returns raw logits and the intermediate activations (for feature matching).
 

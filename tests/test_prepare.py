@@ -146,7 +146,7 @@ def test_cli_prepare(real_store, tmp_path):
     cfg.write_text(small_prepare_config().model_dump_json())
     r = CliRunner().invoke(app, ["prepare", str(real_store), "--config", str(cfg), "--seed", "3"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["shards_computed"] > 0
+    assert json.loads(r.stdout)["shards_computed"] > 0
     assert open_store(real_store).attrs["prepare"]["config"]["pairings"]["seed"] == 3
     r = CliRunner().invoke(app, ["prepare", str(tmp_path / "missing.zarr")])
     assert r.exit_code == 2 and "does not exist" in r.output

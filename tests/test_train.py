@@ -117,3 +117,15 @@ def test_corrupt_or_missing_checkpoint_is_a_clear_error(trained_run, tmp_path):
         load_inference_bundle(copy)
     with pytest.raises(CheckpointError, match="not a run directory"):
         load_inference_bundle(tmp_path)
+
+
+def test_residual_fill_run_starts_at_the_smooth_fill_and_round_trips(prepared_store, tmp_path):
+    """The demo's G2 head: an untrained G2 already returns the harmonic fill (held-out hole L1 far
+    below the ~0.35 a white-fill G2 starts at on the demo store) and the 5-input G2 reloads."""
+    cfg = tiny_cfg(max_steps=2).model_copy(update={"g2_residual_fill": True})
+    summary = train(prepared_store, tmp_path / "run", cfg, progress=False)
+    assert summary.held_out_start["hole_l1"] < 0.1 and summary.held_out_end["hole_l1"] < 0.1
+    bundle = load_inference_bundle(tmp_path / "run")
+    assert bundle.model_config.g2_residual_fill and bundle.inpaint_generator.body[1].weight.shape[1] == 5
+    json_cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert json_cfg["architecture"]["g2_inputs"] == ["smooth_filled_rgb", "edges", "mask"]

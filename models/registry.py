@@ -84,13 +84,18 @@ def register_model(run_dir: str | Path, *, metrics: dict[str, Any] | None = None
                    root: Path | None = None) -> dict[str, Any]:
     """Copy a finished run's weights (no optimiser state) into the registry and add an entry.
 
-    Does not move ``current``. Returns the entry."""
+    Does not move ``current``. Returns the entry; registering the same run at the same step again
+    returns the existing entry (a rerun of a finished training adds no duplicate)."""
     run_dir = Path(run_dir)
     root = root or registry_dir()
     meta = read_run_config(run_dir)
     cfg = run_model_config(meta)
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", architecture_hash=cfg.architecture_hash())
     index = load_index(root)
+    source, step = str(run_dir.resolve()), int(ckpt.get("step", 0))
+    for entry in index["models"].values():  # the same run at the same step is the same model
+        if entry.get("source_run_dir") == source and entry.get("step") == step and name in (None, entry["name"]):
+            return entry
     version = 1 + sum(1 for e in index["models"].values() if e["config"].get("name") == cfg.name)
     name = name or f"{cfg.name}-v{version}"
     if name in index["models"]:
@@ -110,9 +115,9 @@ def register_model(run_dir: str | Path, *, metrics: dict[str, Any] | None = None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    entry = {"name": name, "version": version, "run_dir": name, "source_run_dir": str(run_dir.resolve()),
+    entry = {"name": name, "version": version, "run_dir": name, "source_run_dir": source,
              "config": meta["model_config"], "data_version": meta.get("data_version", ""), "metrics": metrics,
-             "step": int(ckpt.get("step", 0)),
+             "step": step,
              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     index["models"][name] = entry
     _save_index(index, root)

@@ -47,8 +47,10 @@ def test_register_resolve_and_load_by_name(registry, tmp_path):
         resolve_model("nope")
     with pytest.raises(KeyError, match="no current model"):
         resolve_model("current")
+    assert register_model(run) == entry and list_models() == ["tiny-v1"]  # same run, same step: no duplicate
+    other, _ = _run(tmp_path, "run-b", 1)
     with pytest.raises(ValueError, match="already registered"):
-        register_model(run, name="tiny-v1")
+        register_model(other, name="tiny-v1")
 
 
 def test_promotion_better_promoted_worse_kept(registry, tmp_path):

@@ -32,15 +32,15 @@ def register(app: typer.Typer) -> None:
         from pydantic import ValidationError
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from flows.export import build_config
         from pipeline.export import export_landsat
+        from pipeline.export_config import build_export_config
         from pipeline.sources.base import SourceError
 
         try:
-            cfg = build_config(source, str(out), count, seed, project, str(key) if key else None,
-                               [str(a) for a in aoi] if aoi else None, None, shard_patches=shard_patches,
-                               start=start, end=end, product=product, high_volume=high_volume or None,
-                               api_url=api_url, concurrency=concurrency, dataset=dataset)
+            cfg = build_export_config(source, str(out), count, seed, project, str(key) if key else None,
+                                      [str(a) for a in aoi] if aoi else None, None, shard_patches=shard_patches,
+                                      start=start, end=end, product=product, high_volume=high_volume or None,
+                                      api_url=api_url, concurrency=concurrency, dataset=dataset)
             with Progress(TextColumn("export"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                           TimeElapsedColumn()) as bar:
                 task = bar.add_task("planning", total=None)

@@ -7,8 +7,6 @@ from typing import Optional
 
 import typer
 
-from pipeline.raster_io import parse_bands
-
 
 def register(app: typer.Typer) -> None:
     @app.command("inpaint")
@@ -30,6 +28,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fill a scene's holes (default: its nodata/internal mask) with an edgefill model."""
         from models.inpaint_scene import InpaintSceneConfig, inpaint_scene
+        from pipeline.raster_io import parse_bands
         from pipeline.scene_masks import mask_source_from_options
 
         try:

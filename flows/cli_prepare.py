@@ -21,12 +21,11 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="JSON PrepareConfig overrides"),
     ) -> None:
         """Canny edges (Dask over shards), the mask library and train/test pairings, into STORE."""
-        from flows.prepare import build_config
-        from pipeline.prepare import DaskConfig, prepare_store
+        from pipeline.prepare import DaskConfig, build_prepare_config, prepare_store
 
         try:
             overrides = json.loads(config.read_text()) if config else None
-            cfg = build_config(seed, overrides)
+            cfg = build_prepare_config(seed, overrides)
             summary = prepare_store(store, cfg, DaskConfig(scheduler=scheduler, n_workers=n_workers,
                                                            threads_per_worker=threads))
         except (ValueError, ConnectionError, OSError) as exc:

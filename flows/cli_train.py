@@ -30,12 +30,10 @@ def register(app: typer.Typer) -> None:
 
         try:
             if nproc > 1:
-                from models.ddp import launch_torchrun
-                args = ["--config", config] + [a for k, v in (("--max-steps", max_steps), ("--mode", mode),
-                                                              ("--batch-size", batch_size), ("--crop-size", crop_size))
-                                               if v is not None for a in (k, str(v))]
-                args += [a for o in overrides for a in ("--set", o)] + (["--no-resume"] if no_resume else [])
-                launch_torchrun(store, out, nproc, args)
+                from models.ddp import launch_torchrun, train_args
+                launch_torchrun(store, out, nproc, train_args(config, mode=mode, max_steps=max_steps,
+                                                              batch_size=batch_size, crop_size=crop_size,
+                                                              overrides=overrides, no_resume=no_resume))
                 typer.echo((out / "metrics.json").read_text())
                 return
             from models.train import build_config, train
@@ -57,13 +55,14 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device"),
     ) -> None:
         """Model vs Telea / Navier-Stokes / GDAL FillNodata on the fixed test pairings."""
+        from models.baselines import BASELINES
         from models.checkpoint import CheckpointError
         from models.evaluate import evaluate, markdown_table, write_report
         from models.registry import resolve_model
         from pipeline.store import StoreError
 
         try:
-            methods = (("model",) if model else ()) + (("telea", "ns", "gdal") if baselines else ())
+            methods = (("model",) if model else ()) + (BASELINES if baselines else ())
             result = evaluate(store, model, methods=methods, pairs_per_bin=pairs_per_bin, device=device)
             folder = out or ((resolve_model(model) / "eval") if model else Path("eval"))
             files = write_report(result, folder)

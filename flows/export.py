@@ -15,7 +15,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from pipeline.export import ShardResult, build_source, export_landsat, summary_markdown, write_shard
-from pipeline.export_config import ExportConfig
+from pipeline.export_config import ExportConfig, build_export_config
 from pipeline.sources.base import PatchRequest
 
 DEFAULT_OUT = "./demo_out/landsat.zarr"
@@ -33,15 +33,6 @@ def export_shard_task(store: str, shard: int, candidates: list[PatchRequest], co
     return write_shard(store, shard, candidates, _source_for(config_json)).model_dump()
 
 
-def build_config(source: str = "local", out: str = DEFAULT_OUT, count: int | None = None, seed: int = 0,
-                 project: str | None = None, key: str | None = None, aois: list[str] | None = None,
-                 overrides: dict[str, Any] | None = None, **fields: Any) -> ExportConfig:
-    """Flat flow/CLI parameters -> :class:`ExportConfig` (``overrides`` = any other config fields)."""
-    values = {"source": source, "out": out, "count": count, "seed": seed, "project": project, "key": key,
-              "aois": aois, **{k: v for k, v in fields.items() if v is not None}, **(overrides or {})}
-    return ExportConfig(**values)
-
-
 @flow(name="export-landsat", log_prints=True)
 def export_landsat_flow(source: str = "local", out: str = DEFAULT_OUT, count: int | None = None, seed: int = 0,
                         shard_patches: int = 16, project: str | None = None, key: str | None = None,
@@ -49,8 +40,8 @@ def export_landsat_flow(source: str = "local", out: str = DEFAULT_OUT, count: in
                         start: str | None = None, end: str | None = None, concurrency: int | None = None,
                         config: dict[str, Any] | None = None) -> dict:
     """Export real Landsat patches into ``out`` (resumes an interrupted export of the same config)."""
-    cfg = build_config(source, out, count, seed, project, key, aois, config, shard_patches=shard_patches,
-                       api_url=api_url, high_volume=high_volume, start=start, end=end, concurrency=concurrency)
+    cfg = build_export_config(source, out, count, seed, project, key, aois, config, shard_patches=shard_patches,
+                              api_url=api_url, high_volume=high_volume, start=start, end=end, concurrency=concurrency)
     cfg_json = cfg.model_dump_json()
 
     def run_shard(k: int, candidates: list[PatchRequest]) -> ShardResult:

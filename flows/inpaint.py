@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from models.inpaint_scene import InpaintSceneConfig, inpaint_scene, output_paths
+from models.inpaint_scene import InpaintSceneConfig, default_output, inpaint_scene, output_paths
 from pipeline.scene_masks import MaskKind, MaskSource
 
 DEMO_OUT = Path("demo_out/everest")
@@ -57,7 +57,7 @@ def inpaint_scene_flow(input: str | None = None, output: str | None = None, mode
         create_markdown_artifact(key="inpaint-everest-demo", markdown=Path(result["summary_md"]).read_text())
         return result
     if output is None:
-        output = str(Path(input).with_name(Path(input).stem + "_inpainted.tif"))
+        output = str(default_output(input))
     cfg = scene_config(input, output, model, mask_kind, mask_path, qa_kind, dilate, reproject_mask, bands, device)
     summary = inpaint_scene_task(cfg)
     create_markdown_artifact(
@@ -75,8 +75,7 @@ def inpaint_scenes_flow(inputs: list[str], output_dir: str, model: str = "curren
                         dilate: int = 0, device: str = "cpu", deployment: str | None = None) -> list[dict]:
     """One ``inpaint-scene`` flow run per scene. ``deployment`` (e.g. ``inpaint-scene/default``):
     submit each scene to that served deployment instead and wait for all of them."""
-    out = Path(output_dir)
-    jobs = [dict(input=str(p), output=str(out / f"{Path(p).stem}_inpainted.tif"), model=model,
+    jobs = [dict(input=str(p), output=str(default_output(p, output_dir)), model=model,
                  mask_kind=mask_kind, dilate=dilate, device=device) for p in inputs]
     if deployment is None:
         return [inpaint_scene_flow(**job) for job in jobs]

@@ -7,23 +7,17 @@ Deployment ``prepare-dataset/default`` prepares the demo store ``./demo_out/land
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from pipeline.prepare import (DaskConfig, PrepareConfig, compute_edges, ensure_mask_library, record_prepare,
-                              write_pairings)
+from pipeline.prepare import (DaskConfig, PrepareConfig, build_prepare_config, compute_edges, ensure_mask_library,
+                              record_prepare, summary_markdown, write_pairings)
 from pipeline.store import open_store
 
 DEFAULT_STORE = "./demo_out/landsat.zarr"
-
-
-def build_config(seed: int = 0, overrides: dict[str, Any] | None = None) -> PrepareConfig:
-    """Flat flow/CLI parameters -> :class:`PrepareConfig` (``seed`` seeds masks and pairings)."""
-    cfg = PrepareConfig(**(overrides or {}))
-    return cfg.model_copy(update={"masks": cfg.masks.model_copy(update={"seed": seed}),
-                                  "pairings": cfg.pairings.model_copy(update={"seed": seed})})
 
 
 @task(name="compute-edges")
@@ -46,23 +40,15 @@ def prepare_dataset_flow(store: str = DEFAULT_STORE, scheduler: str | None = Non
                          n_workers: int = 1, threads_per_worker: int = 2,
                          config: dict[str, Any] | None = None) -> dict:
     """Add edges, the mask library and pairings to ``store`` (idempotent, resumable)."""
-    import time
-
     t0 = time.perf_counter()
-    cfg = build_config(seed, config)
+    cfg = build_prepare_config(seed, config)
     dask = DaskConfig(scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker)
     open_store(store, "r", require=("images", "valid", "split", "export_done"))  # fail fast, clearly
     edges = edges_task(store, cfg, dask)
     n_masks, rebuilt = masks_task(store, cfg)
     n_train, n_test = pairings_task(store, cfg)
     summary = record_prepare(store, cfg, edges, n_masks, rebuilt, n_train, n_test, t0)
-    create_markdown_artifact(
-        key="prepare-dataset",
-        markdown=(f"## prepare-dataset `{store}`\n\n| | |\n|---|---|\n| patches | {summary.n_patches} |\n"
-                  f"| shards computed / skipped / not exported | {summary.shards_computed} / "
-                  f"{summary.shards_skipped} / {summary.shards_not_exported} |\n"
-                  f"| masks | {n_masks} ({'rebuilt' if rebuilt else 'kept'}) |\n"
-                  f"| pairings train / test | {n_train} / {n_test} |\n| seconds | {summary.seconds} |\n"))
+    create_markdown_artifact(key="prepare-dataset", markdown=summary_markdown(summary))
     return summary.model_dump()
 
 

@@ -23,7 +23,8 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from models.evaluate import evaluate, model_metrics, write_report
+from models.baselines import BASELINES
+from models.evaluate import evaluate, model_metrics, record_evaluation, write_report
 from models.registry import PRIMARY_METRIC, current_model, promote_if_better, register_model, resolve_model
 
 DEFAULT_STORE = "./demo_out/landsat.zarr"
@@ -31,38 +32,24 @@ DEFAULT_RUN_DIR = "./demo_out/runs/demo"
 NIGHTLY_CRON = "0 3 * * *"
 
 
-def build_train_config(config: str | dict = "demo", mode: str | None = None, max_steps: int | None = None,
-                       overrides: list[str] | None = None):
-    """``config``: a preset name (tiny / full / demo) or a ModelConfig dict."""
-    from models.train import build_config
-    return build_config(config, mode=mode, max_steps=max_steps, overrides=overrides)
-
-
 @task(name="train")
 def train_task(store: str, run_dir: str, config: str | dict, mode: str | None, max_steps: int | None,
                overrides: list[str] | None, nproc: int, init_from: str | None = None) -> dict[str, Any]:
-    """One task for the whole run; several ranks = one torchrun subprocess."""
+    """One task for the whole run; several ranks = one torchrun subprocess.
+    ``config``: a preset name (tiny / full / demo) or a ModelConfig dict."""
     if nproc > 1:
-        from models.ddp import launch_torchrun
-        if isinstance(config, dict):
-            from models.checkpoint import atomic_write_json
-            atomic_write_json(Path(run_dir) / "requested_config.json", config)
-            cfg_args = ["--config-file", str(Path(run_dir) / "requested_config.json")]
-        else:
-            cfg_args = ["--config", config]
-        args = cfg_args + (["--mode", mode] if mode else []) + \
-               (["--max-steps", str(max_steps)] if max_steps is not None else []) + \
-               [a for o in (overrides or []) for a in ("--set", o)] + (["--init-from", init_from] if init_from else [])
-        launch_torchrun(store, run_dir, nproc, args)
+        from models.ddp import launch_torchrun, train_args
+        launch_torchrun(store, run_dir, nproc, train_args(config, run_dir=run_dir, mode=mode, max_steps=max_steps,
+                                                          overrides=overrides, init_from=init_from))
         return json.loads((Path(run_dir) / "metrics.json").read_text())["training"]
-    from models.train import train
-    cfg = build_train_config(config, mode, max_steps, overrides)
+    from models.train import build_config, train
+    cfg = build_config(config, mode=mode, max_steps=max_steps, overrides=overrides)
     return asdict(train(store, run_dir, cfg, init_from=init_from, progress=False))
 
 
 @task(name="evaluate")
 def evaluate_task(store: str, model: str, out_dir: str, pairs_per_bin: int | None, baselines: bool = True) -> dict:
-    methods = ("model", "telea", "ns", "gdal") if baselines else ("model",)
+    methods = ("model",) + (BASELINES if baselines else ())
     result = evaluate(store, model, methods=methods, pairs_per_bin=pairs_per_bin)
     files = write_report(result, out_dir)
     return {"metrics": model_metrics(result), "files": files, "rows": result.rows, "overall": result.overall}
@@ -92,11 +79,7 @@ def train_model_flow(store: str = DEFAULT_STORE, run_dir: str = DEFAULT_RUN_DIR,
     """Train, evaluate, register (+ promote if better). Returns paths and small summaries."""
     summary = train_task(store, run_dir, config, mode, max_steps, overrides, nproc)
     evaluation = evaluate_task(store, run_dir, str(Path(run_dir) / "eval"), pairs_per_bin)
-    metrics_path = Path(run_dir) / "metrics.json"
-    data = json.loads(metrics_path.read_text())
-    data["evaluation"] = evaluation["metrics"]
-    from models.checkpoint import atomic_write_json
-    atomic_write_json(metrics_path, data)
+    record_evaluation(run_dir, evaluation["metrics"])
     result = {"run_dir": run_dir, "metrics": evaluation["metrics"], "evaluation_files": evaluation["files"]}
     if add_to_registry:
         entry = register_model(run_dir, metrics=evaluation["metrics"])

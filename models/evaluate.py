@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,10 @@ import numpy as np
 import torch
 
 from models.baselines import BASELINES, run_baseline
-from models.checkpoint import atomic_write_bytes, atomic_write_json, load_inference_bundle
+from models.checkpoint import load_inference_bundle
 from models.metrics import EdgeCounts, image_metrics
+from models.networks import edge_connect_forward
+from pipeline.atomic_io import atomic_write_bytes, atomic_write_json
 from pipeline.dataset import InpaintingDataset
 from pipeline.masks import RATIO_BINS, ratio_bin
 
@@ -65,9 +68,7 @@ def select_pairs(ds: InpaintingDataset, pairs_per_bin: int | None) -> list[int]:
 def _model_outputs(bundle, image, edges, mask, device) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         im, ed, ma = (t.to(device) for t in (image, edges, mask))
-        gen = bundle.edge_generator(ed * (1 - ma), ma)
-        comp_edges = ed * (1 - ma) + gen * ma
-        out = bundle.inpaint_generator(im * (1 - ma), comp_edges, ma)
+        out, gen = edge_connect_forward(bundle.edge_generator, bundle.inpaint_generator, im, ed, ma)
     return out.float().cpu().numpy(), gen.float().cpu().numpy()
 
 
@@ -148,6 +149,15 @@ def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, str]:
                                                     "overall": result.overall, "rows": result.rows})
     result.files = {k: str(out_dir / f"evaluation.{k}") for k in ("csv", "md", "json")}
     return result.files
+
+
+def record_evaluation(run_dir: str | Path, metrics: dict[str, float]) -> Path:
+    """Add ``metrics`` as ``"evaluation"`` to ``RUN_DIR/metrics.json`` (atomically rewritten)."""
+    path = Path(run_dir) / "metrics.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data["evaluation"] = metrics
+    atomic_write_json(path, data)
+    return path
 
 
 def model_metrics(result: EvalResult) -> dict[str, float]:

@@ -196,6 +196,8 @@ def model_fill_fn(bundle, device: str = "cpu", bf16: bool | None = None) -> Fill
     """
     import torch
 
+    from models.networks import edge_connect_forward
+
     dev = torch.device(device)
     use_bf16 = (dev.type == "cuda") if bf16 is None else bf16
     g1 = bundle.edge_generator.to(dev).eval()
@@ -206,10 +208,7 @@ def model_fill_fn(bundle, device: str = "cpu", bf16: bool | None = None) -> Fill
         with torch.inference_mode(), amp:
             x, m, e = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev, non_blocking=True)
                        for a in (images01, mask, edges))
-            known_edges = e * (1 - m)
-            edge_prob = g1(known_edges, m)
-            full_edges = known_edges + edge_prob * m
-            rgb = g2(x * (1 - m), full_edges, m)
+            rgb, _ = edge_connect_forward(g1, g2, x, e, m)
             rgb = rgb.float().clamp(0, 1)
         return rgb.cpu().numpy()
 

@@ -7,7 +7,8 @@ Outputs (``OUT`` = the output path; all written to a temp dir beside it, then re
 - ``OUT`` (.tif): Cloud-Optimized GeoTIFF, the input's CRS, transform, nodata, dtype and band
   descriptions (selected bands only, in the selected order), DEFLATE, internal overviews.
   Non-hole pixels are bit-for-bit the input's; the scene's own invalid pixels that are not
-  holes (e.g. edge fill with ``--slc-off``) keep the nodata value.
+  holes (e.g. edge fill with ``--slc-off``) keep the nodata value; a filled pixel never equals
+  the nodata value (:func:`avoid_nodata`).
 - ``OUT.filled_mask.tif``: uint8 COG on the same grid, 1 = filled by the model, 0 = input kept.
 - ``OUT.quicklook.png``: before | hole mask | after, at most ``quicklook_px`` px high.
 - ``OUT.stac.json``: a STAC item (projection extension fields, the three assets, model name,
@@ -21,6 +22,7 @@ recorded in the STAC item; outputs are converted back with the same linear map.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from pathlib import Path
 
@@ -32,7 +34,7 @@ from rasterio.windows import Window
 from models.inference import FillFn, InferenceStats, TilingConfig, inpaint_strips, model_fill_fn
 from pipeline.edges import EdgeParams
 from pipeline.raster_io import (AtomicOutputs, RasterInputError, SceneInfo, gdal_env, inspect_scene,
-                                nodata_mask, output_profile, read_bands, to_cog)
+                                nodata_from_values, nodata_mask, output_profile, read_bands, to_cog)
 from pipeline.scene_masks import MaskSource, SceneMasker
 from pipeline.store import Radiometry
 
@@ -76,6 +78,13 @@ class InpaintSummary(BaseModel):
     radiometry: dict
 
 
+def default_output(input_path: str | Path, output_dir: str | Path | None = None) -> Path:
+    """``<output_dir or the input's folder>/<input stem>_inpainted.tif``."""
+    input_path = Path(input_path)
+    folder = input_path.parent if output_dir is None else Path(output_dir)
+    return folder / f"{input_path.stem}_inpainted.tif"
+
+
 def output_paths(output: Path) -> dict[str, Path]:
     output = Path(output)
     stem = output.with_suffix("")
@@ -102,7 +111,7 @@ def scene_radiometry(info: SceneInfo, model_radiometry: Radiometry, src) -> Radi
     step = max(1, max(info.width, info.height) // 1024)
     shape = (len(info.bands), max(1, info.height // step), max(1, info.width // step))
     sample = src.read(list(info.bands), out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
-    valid = ~nodata_mask_array(info, sample)
+    valid = ~nodata_from_values(sample, info.nodata)
     if not valid.any():
         raise InpaintError(f"{info.path}: no valid pixel found to derive a radiometric stretch")
     lo, hi = np.percentile(sample[:, valid].astype(np.float64), [0.5, 99.5])
@@ -111,18 +120,6 @@ def scene_radiometry(info: SceneInfo, model_radiometry: Radiometry, src) -> Radi
     offset = 1.0 / 255.0 - lo * scale
     return Radiometry(dtype=info.dtype, scale=scale, offset=offset,
                       description=f"per-scene stretch of {info.dtype}: p0.5={lo:g} -> 1/255, p99.5={hi:g} -> 1")
-
-
-def nodata_mask_array(info: SceneInfo, data: np.ndarray) -> np.ndarray:
-    """The scene's invalid pixels from values only (no internal mask): for samples."""
-    invalid = np.zeros(data.shape[1:], bool)
-    if np.issubdtype(data.dtype, np.floating):
-        invalid |= np.isnan(data).any(axis=0)
-    if info.nodata is not None:
-        invalid |= (data == info.nodata).any(axis=0)
-    elif np.issubdtype(data.dtype, np.integer):
-        invalid |= (data == 0).any(axis=0)
-    return invalid
 
 
 def _require_some_valid(info: SceneInfo, src) -> None:
@@ -194,9 +191,8 @@ def _stream(src, info: SceneInfo, masker: SceneMasker, fill_fn: FillFn, radiomet
             tmp_data: Path, tmp_mask: Path) -> int:
     """Run the strip engine and write data + filled-mask GeoTIFFs; returns the filled pixel count."""
     def read_strip(r0: int, r1: int):
-        win = Window(0, r0, info.width, r1 - r0)
-        masks = masker.read(src, win)
-        return read_bands(src, info, win), masks.hole, masks.unknown
+        masks = masker.read(src, Window(0, r0, info.width, r1 - r0))
+        return masks.stored, masks.hole, masks.unknown
 
     nodata = info.nodata
     filled = 0
@@ -213,13 +209,25 @@ def _stream(src, info: SceneInfo, masker: SceneMasker, fill_fn: FillFn, radiomet
             if nodata is not None and keep_invalid.any():
                 out[:, keep_invalid] = np.asarray(nodata, dtype=out.dtype)
             if strip.pred01 is not None:
-                values = radiometry.from_unit(strip.pred01[:, strip.hole])
-                out[:, strip.hole] = values.astype(out.dtype)
+                values = radiometry.from_unit(strip.pred01[:, strip.hole]).astype(out.dtype)
+                out[:, strip.hole] = values if nodata is None else avoid_nodata(values, nodata)
             win = Window(0, strip.row0, info.width, strip.row1 - strip.row0)
             dst.write(out, window=win)
             mdst.write(strip.hole.astype(np.uint8)[None], window=win)
             filled += int(strip.hole.sum())
     return filled
+
+
+def avoid_nodata(values: np.ndarray, nodata: float) -> np.ndarray:
+    """Filled values equal to the output's nodata value would read back as holes: move them one
+    step away (the next integer, or the next float32 towards +inf). Modifies ``values`` in place."""
+    clash = values == nodata
+    if clash.any():
+        if np.issubdtype(values.dtype, np.integer):
+            values[clash] = nodata + 1 if nodata < np.iinfo(values.dtype).max else nodata - 1
+        else:
+            values[clash] = np.nextafter(values.dtype.type(nodata), values.dtype.type(np.inf))
+    return values
 
 
 def _display(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -247,7 +255,7 @@ def write_quicklook(data_path: Path, mask_path: Path, info: SceneInfo, radiometr
             after = after_src.read(out_shape=(3, *shape))
             hole = mask_src.read(1, out_shape=shape).astype(bool)
             before = before_src.read(list(info.bands), out_shape=(3, *shape))
-    valid_after = ~nodata_mask_array(info, after) if info.nodata is not None else np.ones(shape, bool)
+    valid_after = ~nodata_from_values(after, info.nodata) if info.nodata is not None else np.ones(shape, bool)
     before_valid = valid_after & ~hole
     panel_after = _display(after, valid_after)
     panel_before = _display(before, before_valid)
@@ -283,11 +291,9 @@ def write_stac_item(summary: InpaintSummary, info: SceneInfo, cfg: InpaintSceneC
                                                media_type=pystac.MediaType.COG, title="1 = filled by the model"))
     item.add_asset("quicklook", pystac.Asset(href=f"./{Path(summary.quicklook).name}", roles=["overview"],
                                              media_type=pystac.MediaType.PNG, title="before | mask | after"))
-    import json
-
     dst.write_text(json.dumps(item.to_dict(include_self_link=False), indent=2))
     return dst
 
 
-__all__ = ["InpaintError", "InpaintSceneConfig", "InpaintSummary", "RasterInputError", "inpaint_scene",
-           "output_paths", "scene_radiometry", "write_quicklook", "write_stac_item"]
+__all__ = ["InpaintError", "InpaintSceneConfig", "InpaintSummary", "RasterInputError", "avoid_nodata",
+           "default_output", "inpaint_scene", "output_paths", "scene_radiometry", "write_quicklook", "write_stac_item"]

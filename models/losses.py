@@ -66,6 +66,13 @@ def hole_normalised_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.T
     return (output - target).abs().mean() / mask.mean().clamp_min(eps)
 
 
+def hole_mean_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean |output - target| over the hole pixels only (all channels); 0 when there is no hole.
+    A monitoring metric (``hole_l1``), not a training loss."""
+    hole = mask.expand_as(output)
+    return ((output - target).abs() * hole).sum() / hole.sum().clamp_min(1.0)
+
+
 def gram_matrix(x: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     f = x.reshape(n, c, h * w)

@@ -188,6 +188,20 @@ class Discriminator(nn.Module):
         return x, feats
 
 
+def edge_connect_forward(g1: nn.Module, g2: nn.Module, image: torch.Tensor, edges: torch.Tensor, mask: torch.Tensor,
+                         *, true_edges: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """EdgeConnect's two-stage forward (mask 1 = missing, edges 1 = edge, image in [0, 1]).
+
+    G1 completes the masked edges; its probabilities replace the edges inside the hole
+    (``edges * (1 - mask) + g1 * mask``) and G2 fills RGB from ``image * (1 - mask)`` and those
+    edges (``true_edges``: G2 gets ``edges`` unchanged, as when G2 is trained alone).
+    Returns (rgb (N,3,H,W) in [0, 1], G1's edge probability (N,1,H,W))."""
+    known = edges * (1 - mask)
+    edge_prob = g1(known, mask)
+    g2_edges = edges if true_edges else known + edge_prob * mask
+    return g2(image * (1 - mask), g2_edges, mask), edge_prob
+
+
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 

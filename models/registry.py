@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import (CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint,
-                               read_run_config, run_model_config)
+from models.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, read_run_config, run_model_config
+from pipeline.atomic_io import atomic_write_json
 
 DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "data_catalog" / "models"
 PRIMARY_METRIC = "hole_psnr"

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.atomic_io import atomic_path, atomic_write_text
+
 
 class RunLog:
     """Rank 0's writer of history.jsonl and TensorBoard scalars (``RUN_DIR/tb``)."""
@@ -20,7 +22,7 @@ class RunLog:
         self.path = Path(run_dir) / "history.jsonl"
         if self.path.exists():
             keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
-            self.path.write_text("".join(k + "\n" for k in keep))
+            atomic_write_text(self.path, "".join(k + "\n" for k in keep))
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -64,8 +66,8 @@ def save_sample_grid(path: Path, image, edges, mask, gen_edges, output) -> Path:
         comp_out = image[i] * (1 - m) + output[i] * m
         tiles = [masked, 1 - edges[i] * (1 - m), 1 - comp_edges, comp_out, image[i]]
         rows.append(np.concatenate([_rgb(t) for t in tiles], axis=1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG")
     return path
 
 
@@ -87,7 +89,7 @@ def save_loss_plot(run_dir: Path, path: Path | None = None) -> Path | None:
         ax.set_xlabel("step")
     fig.tight_layout()
     path = path or Path(run_dir) / "samples" / "losses.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return path

@@ -18,6 +18,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from pipeline.atomic_io import atomic_path, atomic_write_text
 from pipeline.scenes import CATALOG_DIR, read_scene
 
 EVEREST_ID = "LE07_140041_20001030_EVEREST"
@@ -59,13 +60,10 @@ def write_gapped_everest(path: Path) -> tuple[np.ndarray, np.ndarray]:
     profile = dict(driver="GTiff", width=truth.shape[2], height=truth.shape[1], count=3, dtype="uint8",
                    crs=rasterio.crs.CRS.from_epsg(scene.epsg), transform=scene.transform, nodata=0,
                    tiled=True, blockxsize=256, blockysize=256, compress="deflate")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(gapped)
         for i, name in enumerate(scene.entry.band_names, start=1):
             dst.set_band_description(i, name)
-    tmp.replace(path)
     return truth, hole
 
 
@@ -89,10 +87,8 @@ def gdal_fillnodata(gapped_path: Path, out_path: Path, max_search_distance: floa
         valid = src.dataset_mask() > 0
     filled = np.stack([fillnodata(band, mask=valid.astype(np.uint8), max_search_distance=max_search_distance,
                                   smoothing_iterations=0) for band in data])
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(filled)
-    tmp.replace(out_path)
     return filled
 
 
@@ -106,9 +102,7 @@ def write_summary_md(result: dict, path: Path) -> Path:
              f"| GDAL FillNodata | {m['gdal_fillnodata']['psnr']:.2f} | {m['gdal_fillnodata']['ssim']:.3f} |", ""]
     lines += [f"- {key}: `{result[key]}`" for key in ("gapped", "inpainted", "filled_mask", "quicklook",
                                                       "stac_item", "fillnodata")]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 

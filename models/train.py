@@ -24,12 +24,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from models.checkpoint import (CheckpointError, atomic_write_json, load_checkpoint, read_run_config,
-                               save_checkpoint, write_run_config)
+from models.checkpoint import CheckpointError, load_checkpoint, read_run_config, save_checkpoint, write_run_config
 from models.config import ModelConfig
 from models.data import batch_iterator, collate, epoch_batches, random_crop
+from models.networks import edge_connect_forward
 from models.reporting import RunLog, save_loss_plot, save_sample_grid
 from models.trainer import Trainer, TrainingDivergedError
+from pipeline.atomic_io import atomic_write_json
 from pipeline.dataset import PREPARED_ARRAYS, InpaintingDataset
 from pipeline.edges import EdgeParams
 from pipeline.store import StoreError, open_store, store_radiometry
@@ -175,10 +176,8 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
         b = {k: v[:4] for k, v in held.items() if isinstance(v, torch.Tensor)}
         with torch.no_grad():
             image, edges, mask = (trainer._to(b[k]) for k in ("image", "edges", "mask"))
-            g1, g2 = trainer.nets["g1"].eval(), trainer.nets["g2"].eval()
-            gen = g1(edges * (1 - mask), mask)
-            e_in = edges if t.mode == "inpaint" else edges * (1 - mask) + gen * mask
-            out = g2(image * (1 - mask), e_in, mask)
+            out, gen = edge_connect_forward(trainer.nets["g1"].eval(), trainer.nets["g2"].eval(), image, edges, mask,
+                                            true_edges=t.mode == "inpaint")
         samples.append(str(save_sample_grid(run_dir / "samples" / f"step-{st.step}.png", image, edges, mask, gen, out)))
 
     bar = None

@@ -16,9 +16,9 @@ import torch
 
 from models.checkpoint import CheckpointError, load_state, unwrap
 from models.config import ModelConfig
-from models.losses import (discriminator_loss, edge_mape, feature_matching_loss, gan_loss, hole_normalised_l1,
-                           perceptual_and_style, structure_loss)
-from models.networks import build_networks
+from models.losses import (discriminator_loss, edge_mape, feature_matching_loss, gan_loss, hole_mean_l1,
+                           hole_normalised_l1, perceptual_and_style, structure_loss)
+from models.networks import build_networks, edge_connect_forward
 from models.vgg import VGG19Features
 
 log = logging.getLogger("edgefill.train")
@@ -171,8 +171,7 @@ class Trainer:
         self.opts["g2"].step()
         d2.requires_grad_(True)
         with torch.no_grad():
-            hole = mask.expand_as(out)
-            hole_l1 = ((out - image).abs() * hole).sum() / hole.sum().clamp_min(1.0)
+            hole_l1 = hole_mean_l1(out, image, mask)
         return {"d2": loss_d.item(), "g2": loss_g.item(), "g2_adv": adv.item(), "g2_l1": l1.item(),
                 "hole_l1": hole_l1.item(), **scalars}
 
@@ -198,16 +197,12 @@ class Trainer:
         held-out batch, in eval mode."""
         image, edges, mask = self._to(batch["image"]), self._to(batch["edges"]), self._to(batch["mask"])
         g1, g2 = self.nets["g1"].eval(), self.nets["g2"].eval()
-        out: dict[str, float] = {}
-        gen = g1(edges * (1 - mask), mask).float()
-        out["edge_mape"] = edge_mape(gen, edges, mask).item()
         if edges_only:
-            return out
-        edges_in = edges if self.cfg.train.mode == "inpaint" else edges * (1 - mask) + gen * mask
-        rgb = g2(image * (1 - mask), edges_in, mask).float()
-        hole = mask.expand_as(rgb)
-        out["hole_l1"] = (((rgb - image).abs() * hole).sum() / hole.sum().clamp_min(1.0)).item()
-        return out
+            gen = g1(edges * (1 - mask), mask).float()
+            return {"edge_mape": edge_mape(gen, edges, mask).item()}
+        rgb, gen = edge_connect_forward(g1, g2, image, edges, mask, true_edges=self.cfg.train.mode == "inpaint")
+        return {"edge_mape": edge_mape(gen.float(), edges, mask).item(),
+                "hole_l1": hole_mean_l1(rgb.float(), image, mask).item()}
 
     def maybe_switch_stage(self, held_out_mape: float | None) -> bool:
         """Stage 1 -> 2 when the held-out edge MAPE < threshold or ``max_stage1_epochs`` ran."""

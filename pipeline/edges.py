@@ -31,6 +31,12 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# OpenCV's parallel Canny splits the image into row stripes and its hysteresis differs at stripe
+# boundaries with the thread count (1 px in ~655k on the real test store). One OpenCV thread makes
+# the edges identical wherever they are computed (store, training, inference); parallelism comes
+# from Dask (one shard per task) and from batching tiles instead.
+cv2.setNumThreads(1)
+
 #: float derivative -> int16 factor; 4 sqrt(2) * 4000 = 22627 < 32767, so no overflow.
 GRADIENT_SCALE = 4000.0
 #: skimage.color.rgb2gray weights (R, G, B).

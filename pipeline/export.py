@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from pipeline.export_config import ExportConfig, ExportError
 from pipeline.sampling import interleave
 from pipeline.sources.base import PatchRequest, PatchSource, SourceError
-from pipeline.store import PER_PATCH_ARRAYS, StoreError, config_hash, create_store, grow_store, open_store
+from pipeline.store import PER_PATCH_ARRAYS, StoreError, config_hash, create_store, open_store
 
 SHARD_DELAY_ENV = "EDGEFILL_EXPORT_SHARD_DELAY_S"  # test hook: seconds to sleep inside each shard job
 EXPORT_ARRAYS = PER_PATCH_ARRAYS + ("skip_reason",)
@@ -196,10 +196,10 @@ def write_shard(store: str | Path, shard: int, candidates: list[PatchRequest], s
 
 
 def _ensure_size(group: zarr.Group, n: int) -> None:
-    """Grow every per-patch array to ``n`` rows (and the shard record); safe after a kill mid-grow."""
-    grow_store(group, n)
+    """Grow every per-patch array to ``n`` rows (and the shard record); safe after a kill mid-grow
+    (each array is checked on its own, unlike :func:`pipeline.store.grow_store` which looks at images only)."""
     s = group.attrs["shard_patches"]
-    for name in EXPORT_ARRAYS:  # grow_store looks at images only: catch up arrays a kill left short
+    for name in EXPORT_ARRAYS:
         arr = group[name]
         if arr.shape[0] < n:
             arr.resize((n, *arr.shape[1:]))
@@ -251,9 +251,8 @@ def export_landsat(config: ExportConfig, *, source: PatchSource | None = None,
     if run_shard is None:
         def run_shard(k: int, cands: list[PatchRequest]) -> ShardResult:
             return write_shard(out, k, cands, source)
-    width = max_shards_in_flight or max(2, -(-2 * getattr(config, "concurrency", 8) // s) + 1)
-    if config.source == "local":
-        width = max_shards_in_flight or 2
+    # Earth Engine: enough shards in flight to keep ``concurrency`` requests busy; local: 2
+    width = max_shards_in_flight or (2 if config.source == "local" else max(2, -(-2 * config.concurrency // s) + 1))
     failures: list[str] = list(group.attrs.get("export_failures", []))[-20:]
     written_now = 0
     in_flight: dict[Future, int] = {}

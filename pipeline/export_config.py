@@ -110,3 +110,14 @@ class ExportConfig(BaseModel):
         return {**common, "collection": self.collection, "bands": self.band_ids, "aois": aois,
                 "start": self.start, "end": self.end, "max_scene_cloud_cover": self.max_scene_cloud_cover,
                 "max_cloud_fraction": self.max_cloud_fraction, "test_fraction": self.test_fraction}
+
+
+def build_export_config(source: str = "local", out: str | Path = "demo_out/landsat.zarr", count: int | None = None,
+                        seed: int = 0, project: str | None = None, key: str | None = None,
+                        aois: list[str] | None = None, overrides: dict[str, Any] | None = None,
+                        **fields: Any) -> ExportConfig:
+    """Flat flow/CLI parameters -> :class:`ExportConfig`: ``fields`` left None keep the config's
+    defaults; ``overrides`` = any other config fields (applied last)."""
+    values = {"source": source, "out": out, "count": count, "seed": seed, "project": project, "key": key,
+              "aois": aois, **{k: v for k, v in fields.items() if v is not None}, **(overrides or {})}
+    return ExportConfig(**values)

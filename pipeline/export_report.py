@@ -1,13 +1,13 @@
 """Quicklook mosaic of an export store (PNG beside the store, referenced by the Prefect artifact)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import zarr
 from PIL import Image
 
+from pipeline.atomic_io import atomic_path
 from pipeline.store import Radiometry
 
 
@@ -30,8 +30,6 @@ def write_quicklook(group: zarr.Group, path: Path, max_tiles: int = 36, tile: in
         rgb = Image.fromarray((img.transpose(1, 2, 0) * 255).astype(np.uint8)).resize((tile, tile), Image.BILINEAR)
         r, c = divmod(n, cols)
         canvas[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = np.asarray(rgb)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(canvas).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")
     return path

@@ -76,6 +76,24 @@ class PrepareSummary(BaseModel):
     config_hash: str
 
 
+def build_prepare_config(seed: int = 0, overrides: dict | None = None) -> PrepareConfig:
+    """Flat flow/CLI parameters -> :class:`PrepareConfig` (``seed`` seeds masks and pairings;
+    ``overrides``: PrepareConfig fields as a dict, e.g. from ``--config cfg.json``)."""
+    cfg = PrepareConfig(**(overrides or {}))
+    return cfg.model_copy(update={"masks": cfg.masks.model_copy(update={"seed": seed}),
+                                  "pairings": cfg.pairings.model_copy(update={"seed": seed})})
+
+
+def summary_markdown(summary: PrepareSummary) -> str:
+    """Markdown for the Prefect artifact."""
+    return (f"## prepare-dataset `{summary.store}`\n\n| | |\n|---|---|\n| patches | {summary.n_patches} |\n"
+            f"| shards computed / skipped / not exported | {summary.shards_computed} / "
+            f"{summary.shards_skipped} / {summary.shards_not_exported} |\n"
+            f"| masks | {summary.n_masks} ({'rebuilt' if summary.masks_rebuilt else 'kept'}) |\n"
+            f"| pairings train / test | {summary.n_train_pairs} / {summary.n_test_pairs} |\n"
+            f"| seconds | {summary.seconds} |\n")
+
+
 # ----------------------------------------------------------------------------- edges
 
 #: ``edges`` compressor: bit-shuffled LZ4 (0/1 bytes -> one bit plane of data); ~5 KB a patch.

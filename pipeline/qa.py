@@ -14,8 +14,10 @@ Three bit layouts are supported (``kind``):
     10-11 snow/ice confidence, 12-13 cirrus confidence, 14-15 cloud confidence. This layout has
     no cloud-shadow field: ``shadow=True`` adds nothing for it.
 
-Two-bit confidences: 0 not determined, 1 low, 2 medium, 3 high; a pixel counts as cloud /
-shadow / cirrus when its confidence is >= ``min_confidence`` (default 3 = high).
+Two-bit confidences: 0 not determined, 1 low, 2 medium, 3 high; in the ``c1_bqa`` and
+``l8_pre_collection_bqa`` layouts a pixel counts as cloud / shadow / cirrus / snow when its
+confidence is >= ``min_confidence`` (default 3 = high). ``c2_qa_pixel`` uses its single-bit
+flags (bits 1-5) instead, so ``min_confidence`` does not apply to it.
 """
 from __future__ import annotations
 

@@ -131,18 +131,27 @@ def read_bands(src, info: SceneInfo, window: Window) -> np.ndarray:
     return src.read(list(info.bands), window=window)
 
 
-def nodata_mask(src, info: SceneInfo, data: np.ndarray, window: Window) -> np.ndarray:
-    """(h, w) bool, True = the scene's own invalid pixel (see module docstring)."""
+def nodata_from_values(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(h, w) bool, True = invalid judged from the (C, h, w) values alone: NaN (floats), any band
+    equal to ``nodata``, or with no nodata value Landsat L1 fill (DN 0 in any band, integers)."""
     invalid = np.zeros(data.shape[1:], bool)
     if np.issubdtype(data.dtype, np.floating):
         invalid |= np.isnan(data).any(axis=0)
-    if info.nodata is not None:
-        if not np.isnan(info.nodata):
-            invalid |= (data == info.nodata).any(axis=0)
-    elif info.has_internal_mask:
-        invalid |= src.read_masks(info.bands[0], window=window) == 0
+    if nodata is not None:
+        if not np.isnan(nodata):
+            invalid |= (data == nodata).any(axis=0)
     elif np.issubdtype(data.dtype, np.integer):
         invalid |= (data == 0).any(axis=0)
+    return invalid
+
+
+def nodata_mask(src, info: SceneInfo, data: np.ndarray, window: Window) -> np.ndarray:
+    """(h, w) bool, True = the scene's own invalid pixel (see module docstring)."""
+    if info.nodata is not None or not info.has_internal_mask:
+        return nodata_from_values(data, info.nodata)
+    invalid = src.read_masks(info.bands[0], window=window) == 0
+    if np.issubdtype(data.dtype, np.floating):
+        invalid |= np.isnan(data).any(axis=0)
     return invalid
 
 

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from pipeline.qa import QAKind, qa_cloud_mask
 from pipeline.raster_io import RasterInputError, SceneInfo, nodata_mask, read_bands
 
 MaskKind = Literal["nodata", "raster", "vector", "qa", "slc_off"]
@@ -54,7 +55,7 @@ class MaskSource(BaseModel):
     kind: MaskKind = "nodata"
     path: Path | None = None
     reproject: bool = Field(False, description="raster: warp onto the scene grid instead of requiring it")
-    qa_kind: Literal["c2_qa_pixel", "c1_bqa", "l8_pre_collection_bqa"] = "c2_qa_pixel"
+    qa_kind: QAKind = "c2_qa_pixel"
     dilate: int = Field(0, ge=0, le=256, description="grow the mask by this many pixels")
     slc_gap_radius: int = Field(8, ge=1, le=64, description="slc_off: closing radius, pixels (gaps < 2r wide)")
 
@@ -68,10 +69,13 @@ class MaskSource(BaseModel):
 @dataclass
 class WindowMasks:
     """Masks of one window: ``hole`` = pixels to fill; ``unknown`` = pixels the model must not
-    trust (hole | the scene's own invalid pixels). Both (h, w) bool, True = missing."""
+    trust (hole | the scene's own invalid pixels). Both (h, w) bool, True = missing. ``stored``:
+    the window's (3, h, w) stored values of the selected bands, read for the masks anyway (so a
+    caller need not read them again)."""
 
     hole: np.ndarray
     unknown: np.ndarray
+    stored: np.ndarray | None = None
 
 
 def _grown(window: Window, pad: int, info: SceneInfo) -> tuple[Window, tuple[slice, slice]]:
@@ -165,11 +169,9 @@ class SceneMasker:
             if kind == "raster":
                 hole = (values != 0) | invalid
             else:
-                from pipeline.qa import qa_cloud_mask
-
                 hole = qa_cloud_mask(values, self.source.qa_kind) | invalid
         hole = _dilate(hole, self.source.dilate)[inner]
-        return WindowMasks(hole=hole, unknown=hole | invalid[inner])
+        return WindowMasks(hole=hole, unknown=hole | invalid[inner], stored=data[(slice(None), *inner)])
 
     def _rasterise(self, window: Window) -> np.ndarray:
         from rasterio.features import rasterize

@@ -19,6 +19,8 @@ import rasterio
 from affine import Affine
 from pydantic import BaseModel
 
+from pipeline.qa import QAKind
+
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "data_catalog"
 SceneRole = Literal["train", "test", "holdout", "slc_off", "slc_off_mask"]
 
@@ -36,13 +38,18 @@ class SceneEntry(BaseModel):
     band_names: list[str]
     stretch: Literal["percentile"] | None = None
     qa: str | None = None
-    qa_kind: Literal["c1_bqa", "c2_qa_pixel", "l8_pre_collection_bqa"] | None = None
+    qa_kind: QAKind | None = None
     gap_mask: str | None = None
     license: str
     attribution: str
 
     def path(self, rel: str) -> Path:
         return CATALOG_DIR / rel
+
+    def band_files(self) -> list[tuple[Path, int]]:
+        """(file, 1-based band) of each RGB plane: one file per band, or one multi-band file."""
+        files = self.files if len(self.files) == len(self.bands) else self.files * len(self.bands)
+        return [(self.path(rel), band) for rel, band in zip(files, self.bands)]
 
 
 @dataclass
@@ -89,9 +96,8 @@ def read_scene(entry: SceneEntry | str) -> SceneArray:
         raise ValueError(f"scene {entry.id} is shipped for its real SLC-off gap mask only "
                          f"(single int16 band); read entry.gap_mask instead")
     planes, transform, epsg = [], None, None
-    files = entry.files if len(entry.files) == len(entry.bands) else entry.files * len(entry.bands)
-    for rel, band in zip(files, entry.bands):
-        with rasterio.open(entry.path(rel)) as src:
+    for path, band in entry.band_files():
+        with rasterio.open(path) as src:
             planes.append(src.read(band))
             if transform is None:
                 transform, epsg = src.transform, src.crs.to_epsg() if src.crs else None

@@ -28,7 +28,7 @@ python -m flows.wait_for_deployments export-landsat/default prepare-dataset/defa
 run() { echo; echo "==> prefect deployment run $*"; prefect deployment run "$@" --watch; }
 run export-landsat/default
 run prepare-dataset/default
-run train-model/default
+run train-model/default ${EDGEFILL_DEMO_TRAIN_STEPS:+-p max_steps=$EDGEFILL_DEMO_TRAIN_STEPS}
 run inpaint-scene/everest-demo
 echo
 cat demo_out/everest/summary.md

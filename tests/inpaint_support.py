@@ -23,10 +23,9 @@ def stack_scene(scene_id: str, path: Path, window: rasterio.windows.Window | Non
     """Stack a bundled scene's RGB band files (B3,B2,B1, raw stored values) into one GeoTIFF,
     keeping the georeferencing; optionally a window of it."""
     entry = get_scene(scene_id)
-    files = entry.files if len(entry.files) == len(entry.bands) else entry.files * len(entry.bands)
     planes = []
-    for rel, band in zip(files, entry.bands):
-        with rasterio.open(entry.path(rel)) as src:
+    for band_path, band in entry.band_files():
+        with rasterio.open(band_path) as src:
             planes.append(src.read(band, window=window))
             transform = src.window_transform(window) if window is not None else src.transform
             crs, dtype = src.crs, src.dtypes[band - 1]

@@ -8,6 +8,7 @@ from pipeline.masks.from_rasters import crops_in_range, real_cloud_masks, real_n
 from pipeline.masks.irregular import irregular_mask
 from pipeline.masks.library import MaskKindSpec, MaskLibraryConfig, build_mask_library
 from pipeline.masks.qd_imd import DEFAULT_QD_IMD_DIR, load_qd_imd_folder
+from prepare_helpers import small_mask_config
 
 
 def test_shipped_qd_imd_white_on_black():
@@ -92,24 +93,16 @@ def test_crops_in_range_and_unfillable_bin():
         crops_in_range([src], 2, 256, (0.5, 0.6), np.random.default_rng(0), kind="demo")
 
 
-def small_config(seed=0):  # noqa: D103 (same as prepare_helpers.small_mask_config)
-    return MaskLibraryConfig(seed=seed, kinds=[
-        MaskKindSpec(kind="qd_imd", count=0, bins=None), MaskKindSpec(kind="irregular", count=10),
-        MaskKindSpec(kind="slc_off", count=6, bins=list(RATIO_BINS[:3])),
-        MaskKindSpec(kind="slc_off_real", count=5), MaskKindSpec(kind="cloud", count=5),
-        MaskKindSpec(kind="nodata", count=4, bins=list(RATIO_BINS[:4]))])
-
-
 def test_library_deterministic_and_binned():
-    lib = build_mask_library(small_config())
+    lib = build_mask_library(small_mask_config())
     assert lib.masks.shape == (36, 256, 256) and len(lib.kinds) == len(lib.ratios) == 36
     np.testing.assert_allclose(lib.ratios, hole_ratio(lib.masks))
     for kind, n_bins in (("irregular", 5), ("slc_off", 3), ("slc_off_real", 5), ("cloud", 5), ("nodata", 4)):
         bins = ratio_bin(lib.ratios[lib.kinds == kind])
         assert sorted(set(bins.tolist())) == list(range(n_bins)), kind  # every bin of the kind is filled
-    again = build_mask_library(small_config())
+    again = build_mask_library(small_mask_config())
     np.testing.assert_array_equal(lib.masks, again.masks)
-    other = build_mask_library(small_config(seed=1))
+    other = build_mask_library(small_mask_config(seed=1))
     assert not np.array_equal(lib.masks, other.masks)
 
 

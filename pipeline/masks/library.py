@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from pipeline.masks import RATIO_BINS, MaskError, hole_ratio
 from pipeline.masks.from_rasters import crops_in_range, real_cloud_masks, real_gap_masks, real_nodata_masks
 from pipeline.masks.irregular import irregular_mask
-from pipeline.masks.qd_imd import load_qd_imd_folder
+from pipeline.masks.qd_imd import DEFAULT_QD_IMD_DIR, load_qd_imd_folder
 from pipeline.masks.slc_off import SlcOffParams, slc_off_mask
 
 MaskKind = Literal["qd_imd", "irregular", "slc_off", "slc_off_real", "cloud", "nodata"]
@@ -86,7 +86,7 @@ def _kind_masks(spec: MaskKindSpec, config: MaskLibraryConfig, rng: np.random.Ge
                 sources: dict[str, list[np.ndarray]]) -> np.ndarray:
     size = config.size
     if spec.kind == "qd_imd":
-        masks, _ = load_qd_imd_folder(config.qd_imd_dir or _default_qd_dir(), size)
+        masks, _ = load_qd_imd_folder(config.qd_imd_dir or DEFAULT_QD_IMD_DIR, size)
         return masks
     bins = spec.bins or [(0.0, 1.0)]
     parts = []
@@ -103,12 +103,6 @@ def _kind_masks(spec: MaskKindSpec, config: MaskLibraryConfig, rng: np.random.Ge
             parts.append(crops_in_range(sources[spec.kind], n, size, (lo, hi), rng, kind=spec.kind,
                                         augment=spec.kind != "slc_off_real"))
     return np.concatenate(parts) if parts else np.empty((0, size, size), np.uint8)
-
-
-def _default_qd_dir() -> Path:
-    from pipeline.masks.qd_imd import DEFAULT_QD_IMD_DIR
-
-    return DEFAULT_QD_IMD_DIR
 
 
 def build_mask_library(config: MaskLibraryConfig = MaskLibraryConfig()) -> MaskLibrary:

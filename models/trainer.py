@@ -96,6 +96,24 @@ class Trainer:
             raise TrainingDivergedError(f"{name} loss is {value.item()} (on this or another rank) at step {self.state.step + 1} "
                                         f"(stage {self.state.stage}); training stopped, last good checkpoint kept")
 
+    def _update(self, name: str, loss: torch.Tensor) -> None:
+        """NaN/inf guard, then one optimiser step of network ``name`` on ``loss``."""
+        self._check(name.upper(), loss)
+        self.opts[name].zero_grad(set_to_none=True)
+        loss.backward()
+        self.opts[name].step()
+
+    def _discriminator_update(self, name: str, real: torch.Tensor, fake: torch.Tensor, kind: str) -> torch.Tensor:
+        """One update of discriminator ``name`` on real and generated samples: D gets gradient from
+        both terms (only the generator's graph is cut, by ``fake.detach()``)."""
+        self.nets[name].requires_grad_(True)
+        with _autocast(self.device, self.amp):
+            logits, _ = self.run[name](torch.cat([real, fake.detach()]))
+        d_real, d_fake = logits.float().chunk(2)
+        loss = discriminator_loss(d_real, d_fake, kind)
+        self._update(name, loss)
+        return loss
+
     def _to(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
 
@@ -105,20 +123,11 @@ class Trainer:
         L, stage = self.cfg.losses, self.state.stage
         kind = L.edge_adv_stage1 if stage == 1 else L.edge_adv_stage2
         fm_norm = "l1" if stage == 1 else "l2"
-        g1, d1_run, d1 = self.run["g1"], self.run["d1"], self.nets["d1"]
+        g1, d1 = self.run["g1"], self.nets["d1"]
         with _autocast(self.device, self.amp):
             gen = g1(edges * (1 - mask), mask).float()
         real_in, fake_in = (edges, gen) if stage == 1 else (edges * mask, gen * mask)
-        # D1: real and generated samples, gradient to D from both terms.
-        d1.requires_grad_(True)
-        with _autocast(self.device, self.amp):
-            logits, _ = d1_run(torch.cat([real_in, fake_in.detach()]))
-        d_real, d_fake = logits.float().chunk(2)
-        loss_d = discriminator_loss(d_real, d_fake, kind)
-        self._check("D1", loss_d)
-        self.opts["d1"].zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opts["d1"].step()
+        loss_d = self._discriminator_update("d1", real_in, fake_in, kind)
         # G1 against the updated D1 (frozen, plain module: no DDP sync for D here).
         d1.requires_grad_(False)
         with _autocast(self.device, self.amp):
@@ -129,10 +138,7 @@ class Trainer:
         fm = feature_matching_loss([f.float() for f in real_feats], [f.float() for f in fake_feats], fm_norm)
         st = structure_loss(gen, edges, mask, L.ssim_window)
         loss_g = L.edge_adv_weight * adv + L.edge_fm_weight * fm + L.edge_structure_weight * st
-        self._check("G1", loss_g)
-        self.opts["g1"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opts["g1"].step()
+        self._update("g1", loss_g)
         d1.requires_grad_(True)
         with torch.no_grad():
             mape = edge_mape(gen, edges, mask)
@@ -142,18 +148,10 @@ class Trainer:
     def inpaint_step(self, image: torch.Tensor, edges_in: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         """One D2 + G2 update on ``edges_in`` (ground truth or G1's composite)."""
         L = self.cfg.losses
-        g2, d2_run, d2 = self.run["g2"], self.run["d2"], self.nets["d2"]
+        g2, d2 = self.run["g2"], self.nets["d2"]
         with _autocast(self.device, self.amp):
             out = g2(image * (1 - mask), edges_in, mask).float()
-        d2.requires_grad_(True)
-        with _autocast(self.device, self.amp):
-            logits, _ = d2_run(torch.cat([image, out.detach()]))
-        d_real, d_fake = logits.float().chunk(2)
-        loss_d = discriminator_loss(d_real, d_fake, L.inpaint_adv)
-        self._check("D2", loss_d)
-        self.opts["d2"].zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opts["d2"].step()
+        loss_d = self._discriminator_update("d2", image, out, L.inpaint_adv)
         d2.requires_grad_(False)
         with _autocast(self.device, self.amp):
             g_logits, _ = d2(out)
@@ -165,10 +163,7 @@ class Trainer:
             perc, style = perceptual_and_style(self.vgg, out, image)
             loss_g = loss_g + L.perceptual_weight * perc + L.style_weight * style
             scalars = {"g2_perceptual": perc.item(), "g2_style": style.item()}
-        self._check("G2", loss_g)
-        self.opts["g2"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opts["g2"].step()
+        self._update("g2", loss_g)
         d2.requires_grad_(True)
         with torch.no_grad():
             hole_l1 = hole_mean_l1(out, image, mask)

@@ -25,6 +25,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from models.baselines import BASELINES
 from models.evaluate import evaluate, model_metrics, record_evaluation, write_report
+from models.reporting import overall_rows, training_summary_markdown
 from models.registry import PRIMARY_METRIC, current_model, promote_if_better, register_model, resolve_model
 
 DEFAULT_STORE = "./demo_out/landsat.zarr"
@@ -56,20 +57,10 @@ def evaluate_task(store: str, model: str, out_dir: str, pairs_per_bin: int | Non
 
 
 def _train_artifacts(summary: dict, evaluation: dict, key: str) -> None:
-    images = [s for s in summary.get("samples", []) if s.endswith(".png")]
-    md = [f"## {key}: `{summary['run_dir']}`", "", "| | |", "|---|---|",
-          f"| steps / epochs | {summary['steps']} / {summary['epochs']} |",
-          f"| G1 loss stage | {summary['stage']} (switch at step {summary['stage_switch_step']}) |",
-          f"| held-out hole L1 start -> end | {summary['held_out_start'].get('hole_l1', float('nan')):.4f} -> "
-          f"{summary['held_out_end'].get('hole_l1', float('nan')):.4f} |",
-          f"| images/s | {summary['images_per_s']:.2f} on {summary['device']} x {summary['world_size']} |",
-          f"| {PRIMARY_METRIC} (test pairings) | {evaluation['metrics'][PRIMARY_METRIC]:.3f} dB |"]
-    md += [f"| warning | {w} |" for w in summary.get("warnings", [])]
-    md += [""] + [f"![{Path(p).name}]({Path(p).resolve().as_uri()})" for p in images[-2:]]
-    create_markdown_artifact(key=key, markdown="\n".join(md), description="training summary, loss plot, samples")
-    rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-            for r in evaluation["rows"] if r["ratio_bin"] == "all"]
-    create_table_artifact(key=f"{key}-evaluation", table=rows, description="evaluation on fixed test pairings")
+    create_markdown_artifact(key=key, markdown=training_summary_markdown(summary, evaluation["metrics"], key),
+                             description="training summary, loss plot, samples")
+    create_table_artifact(key=f"{key}-evaluation", table=overall_rows(evaluation["rows"]),
+                          description="evaluation on fixed test pairings")
 
 
 @flow(name="train-model", log_prints=True)

@@ -93,3 +93,27 @@ def save_loss_plot(run_dir: Path, path: Path | None = None) -> Path | None:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return path
+
+
+def training_summary_markdown(summary: dict, metrics: dict, title: str) -> str:
+    """Markdown for a finished run: steps, G1 loss stage, held-out hole L1, speed, primary metric,
+    warnings and the last two sample grids (``summary`` = ``asdict(TrainSummary)``)."""
+    from models.registry import PRIMARY_METRIC
+
+    images = [s for s in summary.get("samples", []) if s.endswith(".png")]
+    md = [f"## {title}: `{summary['run_dir']}`", "", "| | |", "|---|---|",
+          f"| steps / epochs | {summary['steps']} / {summary['epochs']} |",
+          f"| G1 loss stage | {summary['stage']} (switch at step {summary['stage_switch_step']}) |",
+          f"| held-out hole L1 start -> end | {summary['held_out_start'].get('hole_l1', float('nan')):.4f} -> "
+          f"{summary['held_out_end'].get('hole_l1', float('nan')):.4f} |",
+          f"| images/s | {summary['images_per_s']:.2f} on {summary['device']} x {summary['world_size']} |",
+          f"| {PRIMARY_METRIC} (test pairings) | {metrics[PRIMARY_METRIC]:.3f} dB |"]
+    md += [f"| warning | {w} |" for w in summary.get("warnings", [])]
+    md += [""] + [f"![{Path(p).name}]({Path(p).resolve().as_uri()})" for p in images[-2:]]
+    return "\n".join(md)
+
+
+def overall_rows(rows: list[dict]) -> list[dict]:
+    """The evaluation rows over all hole-ratio bins, floats rounded to 4 places (for a table)."""
+    return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+            for r in rows if r["ratio_bin"] == "all"]

@@ -31,7 +31,7 @@ def masks_task(store: str, config: PrepareConfig) -> tuple[int, bool]:
 
 
 @task(name="pairings")
-def pairings_task(store: str, config: PrepareConfig) -> tuple[int, int]:
+def pairings_task(store: str, config: PrepareConfig) -> tuple[int, int, int]:
     return write_pairings(store, config.pairings)
 
 
@@ -46,8 +46,8 @@ def prepare_dataset_flow(store: str = DEFAULT_STORE, scheduler: str | None = Non
     open_store(store, "r", require=("images", "valid", "split", "export_done"))  # fail fast, clearly
     edges = edges_task(store, cfg, dask)
     n_masks, rebuilt = masks_task(store, cfg)
-    n_train, n_test = pairings_task(store, cfg)
-    summary = record_prepare(store, cfg, edges, n_masks, rebuilt, n_train, n_test, t0)
+    counts = pairings_task(store, cfg)
+    summary = record_prepare(store, cfg, edges, n_masks, rebuilt, counts, t0)
     create_markdown_artifact(key="prepare-dataset", markdown=summary_markdown(summary))
     return summary.model_dump()
 

@@ -40,6 +40,8 @@ class LossConfig(BaseModel):
     edge_adv_stage2: GanObjective = "l2"
     ssim_window: int = 11
     inpaint_l1_weight: float = 1.0
+    inpaint_l1_scaled: bool = Field(False, description="divide G2's L1 by each tile's known-pixel std per band "
+                                    "(g2_normalise units), so every tile weighs alike")
     inpaint_adv_weight: float = 0.1
     inpaint_adv: GanObjective = "bce"
     perceptual_weight: float = 0.1
@@ -47,9 +49,12 @@ class LossConfig(BaseModel):
 
 
 class StageSchedule(BaseModel):
-    """G1 switches from stage 1 to stage 2 when the held-out edge MAPE drops below
-    ``mape_threshold`` or when ``max_stage1_epochs`` epochs have run, whichever comes first.
-    The MAPE is checked every ``mape_every`` steps on ``mape_patches`` test patches."""
+    """G1 switches from stage 1 to stage 2 when the VALIDATION edge MAPE (2 px tolerant, see
+    :func:`models.losses.edge_mape`) drops below ``mape_threshold`` or when ``max_stage1_epochs``
+    epochs (passes over the training images) have run, whichever comes first; either criterion
+    can be disabled (threshold 0, or a huge epoch count). The MAPE is checked every ``mape_every``
+    steps on ``mape_patches`` validation pairs through the deployment fill path; the decision is
+    taken on rank 0 and broadcast."""
 
     model_config = ConfigDict(extra="forbid")
     mape_threshold: float = 0.1
@@ -69,6 +74,8 @@ class TrainConfig(BaseModel):
     lr_g: float = 1e-4
     lr_d: float = 1e-5
     betas: tuple[float, float] = (0.0, 0.9)
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="learning-rate decay over max_steps")
+    lr_min_factor: float = Field(0.1, gt=0, le=1, description="cosine: final lr = lr x this factor")
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(1000, ge=1)
@@ -102,7 +109,9 @@ class ModelConfig(BaseModel):
     disc_channels: int = Field(64, ge=1)
     edge_spectral_norm: bool = True
     g2_residual_fill: bool = Field(False, description="G2 = harmonic smooth fill + learned residual "
-                                   "(zero-initialised; mask as 5th input); the demo preset's short-CPU-run head")
+                                   "(zero-initialised; mask as 5th input)")
+    g2_normalise: bool = Field(False, description="(with g2_residual_fill) G2 sees the tile standardised by its known "
+                               "pixels' per-band mean/std and predicts the residual in those units")
     losses: LossConfig = LossConfig()
     schedule: StageSchedule = StageSchedule()
     train: TrainConfig = TrainConfig()
@@ -114,7 +123,8 @@ class ModelConfig(BaseModel):
                 "g1_inputs": ["mask", "masked_edges"], "g2_inputs": ["masked_rgb", "edges"], "d1_inputs": ["edges"],
                 # only present when on, so existing checkpoints keep their hash
                 **({"g2_residual_fill": True, "g2_inputs": ["smooth_filled_rgb", "edges", "mask"]}
-                   if self.g2_residual_fill else {})}
+                   if self.g2_residual_fill else {}),
+                **({"g2_normalise": True} if self.g2_normalise else {})}
 
     def architecture_hash(self) -> str:
         blob = json.dumps(self.architecture(), sort_keys=True).encode()

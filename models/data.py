@@ -1,9 +1,13 @@
-"""Training data order and batches: deterministic, resumable, DDP-aware.
+"""Training data order and batches: deterministic, resumable, equal on every DDP rank.
 
-Epoch ``e`` visits the train pairings in the order ``default_rng(seed + e).permutation(K)``;
-rank ``r`` of ``W`` takes every W-th entry starting at ``r`` and cuts it into batches of
-``batch_size`` (wrapping around when a rank has fewer pairings than one batch). The data
-position saved in checkpoints is ``(epoch, batch)``: the next batch to train on.
+An epoch is ONE pass over the training images (not over masks or pairs): epoch ``e`` visits
+the image positions in the order ``default_rng([seed, e]).permutation(N)``, padded by
+wrapping around to a multiple of ``world * batch_size`` (DistributedSampler semantics: every
+image at least once, every rank the same number of batches). Rank ``r`` takes slots
+``r, r + W, r + 2W, ...`` of that order and cuts them into batches. A batch element is the key
+``(epoch, slot, image position)`` of :class:`pipeline.dataset.TrainingSamples`, whose draws are
+seeded by ``(seed, epoch, slot)``: the same key always gives the same sample. The data position
+saved in checkpoints is ``(epoch, batch)``: the next batch to train on.
 """
 from __future__ import annotations
 
@@ -13,17 +17,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+Key = tuple[int, int, int]
 
-def epoch_batches(n_items: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> list[list[int]]:
-    """The batches (lists of dataset indices) rank ``rank`` trains on in epoch ``epoch``."""
+
+def batches_per_epoch(n_items: int, batch_size: int, world: int = 1) -> int:
+    """Batches each rank trains per epoch (the same on every rank)."""
     if n_items <= 0:
-        raise ValueError("the train split has no pairings: nothing to train on")
-    order = np.random.default_rng(seed + epoch).permutation(n_items)[rank::world]
-    if len(order) == 0:
-        order = np.random.default_rng(seed + epoch).permutation(n_items)[:1]
-    n_batches = max(1, len(order) // batch_size)
-    order = np.resize(order, n_batches * batch_size)
-    return [order[b * batch_size:(b + 1) * batch_size].tolist() for b in range(n_batches)]
+        raise ValueError("the train split has no images: nothing to train on")
+    per = world * batch_size
+    return -(-n_items // per)
+
+
+def epoch_batches(n_items: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> list[list[Key]]:
+    """The batches (lists of sample keys) rank ``rank`` of ``world`` trains on in ``epoch``."""
+    n_batches = batches_per_epoch(n_items, batch_size, world)
+    order = np.random.default_rng([seed, epoch]).permutation(n_items)
+    order = np.resize(order, n_batches * batch_size * world)  # wrap: every image at least once
+    slots = np.arange(rank, len(order), world)
+    return [[(epoch, int(s), int(order[s])) for s in slots[b * batch_size:(b + 1) * batch_size]]
+            for b in range(n_batches)]
 
 
 def collate(items: list[dict]) -> dict[str, torch.Tensor | list]:
@@ -34,26 +46,10 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor | list]:
     return out
 
 
-def batch_iterator(dataset: Dataset, batches: list[list[int]], start: int, *, num_workers: int = 0,
+def batch_iterator(dataset: Dataset, batches: list[list[Key]], start: int, *, num_workers: int = 0,
                    pin_memory: bool = False) -> Iterator[dict]:
     """Yield collated batches ``batches[start:]`` (worker processes read Zarr in parallel)."""
     loader = DataLoader(dataset, batch_sampler=batches[start:], collate_fn=collate, num_workers=num_workers,
                         pin_memory=pin_memory, persistent_workers=False,
                         prefetch_factor=4 if num_workers > 0 else None)
     yield from loader
-
-
-def random_crop(batch: dict, size: int | None, generator: torch.Generator) -> dict:
-    """Crop image/edges/mask of every sample at its own random offset (``generator`` drawn)."""
-    if size is None:
-        return batch
-    h, w = batch["image"].shape[-2:]
-    if size > min(h, w) or size % 4:
-        raise ValueError(f"crop_size {size} must be a multiple of 4 and <= patch size {min(h, w)}")
-    n = batch["image"].shape[0]
-    ys = torch.randint(0, h - size + 1, (n,), generator=generator).tolist()
-    xs = torch.randint(0, w - size + 1, (n,), generator=generator).tolist()
-    out = dict(batch)
-    for key in ("image", "edges", "mask"):
-        out[key] = torch.stack([batch[key][i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(zip(ys, xs))])
-    return out

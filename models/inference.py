@@ -4,9 +4,9 @@ Engine (:func:`inpaint_strips`)
 - The scene is covered by a grid of ``tile`` x ``tile`` windows, stride ``tile - overlap``; the
   last row/column of tiles is aligned to the scene's end (scenes smaller than a tile are padded
   by mirror reflection). Only tiles containing at least one *hole* pixel go through the model.
-- Each tile is converted to float [0, 1], its edges are computed by THE training edge function
-  (:func:`pipeline.edges.canny_edges` on :func:`pipeline.edges.rgb_to_gray`, with the unknown
-  pixels excluded via ``valid``) and it is filled by a batched ``fill_fn``.
+- Each tile is converted to float [0, 1], its known edges are computed by THE edge function
+  training uses for G1's input (:func:`pipeline.edges.known_edges`: Canny of the masked tile,
+  unknown pixels excluded) and it is filled by a batched ``fill_fn``.
 - Overlapping predictions are blended with a separable raised-cosine window ``w(y) w(x)``
   (flat 1 in the tile's middle, tapering to ~0 over ``overlap`` px at each side). Every tile
   of the grid that covers a hole pixel contains that hole, so it runs: the blend weight of a
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.edges import EdgeParams, canny_edges, rgb_to_gray
+from pipeline.edges import EdgeParams, known_edges
 
 FillFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 #: read_strip(r0, r1) -> (stored (C, r1-r0, W), hole (r1-r0, W) bool, unknown (r1-r0, W) bool)
@@ -149,7 +149,7 @@ def inpaint_strips(read_strip: StripReader, height: int, width: int, fill_fn: Fi
             imgs = np.stack([to_unit(s_p[:, :, c:c + t]) for c in batch]).astype(np.float32)
             masks = np.stack([u_p[None, :, c:c + t] for c in batch]).astype(np.float32)
             imgs *= 1.0 - masks
-            edges = np.stack([canny_edges(rgb_to_gray(img), edge_params, valid=m[0] < 0.5)[None]
+            edges = np.stack([known_edges(img, m[0] > 0.5, edge_params)[None]
                               for img, m in zip(imgs, masks)]).astype(np.float32)
             out = np.asarray(fill_fn(imgs, masks, edges), dtype=np.float32)
             if out.shape != imgs.shape:
@@ -187,29 +187,69 @@ def inpaint_array(stored: np.ndarray, hole: np.ndarray, fill_fn: FillFn, to_unit
     return out
 
 
-def model_fill_fn(bundle, device: str = "cpu", bf16: bool | None = None) -> FillFn:
-    """G1 then G2 of an :class:`~models.checkpoint.InferenceBundle` as a batched ``fill_fn``.
+def avoid_nodata(values: np.ndarray, nodata: float) -> np.ndarray:
+    """Filled values equal to the output's nodata value would read back as holes: move them one
+    step away (the next integer, or the next float32 towards +inf). Modifies ``values`` in place."""
+    clash = values == nodata
+    if clash.any():
+        if np.issubdtype(values.dtype, np.integer):
+            values[clash] = nodata + 1 if nodata < np.iinfo(values.dtype).max else nodata - 1
+        else:
+            values[clash] = np.nextafter(values.dtype.type(nodata), values.dtype.type(np.inf))
+    return values
 
-    G1 completes the edges from (mask, masked edges); its probabilities replace the edges inside
-    the hole (EdgeConnect's composite); G2 fills RGB from the masked image and those edges.
+
+def composite(stored: np.ndarray, pred01: np.ndarray | None, hole: np.ndarray, radiometry,
+              nodata: float | None = None) -> np.ndarray:
+    """What is written: ``stored`` (C, h, w) bit for bit outside ``hole``; inside, the prediction
+    (C, h, w) in [0, 1] converted back by ``radiometry.from_unit`` (rounded to the stored dtype),
+    never equal to ``nodata``. Returns a new array of the stored dtype."""
+    out = stored.copy()
+    if pred01 is not None and hole.any():
+        values = radiometry.from_unit(pred01[:, hole]).astype(out.dtype)
+        out[:, hole] = values if nodata is None else avoid_nodata(values, nodata)
+    return out
+
+
+def fill_stored_patch(stored: np.ndarray, hole: np.ndarray, fill_fn: FillFn, radiometry,
+                      edge_params: EdgeParams = EdgeParams(), tiling: TilingConfig = TilingConfig()) -> np.ndarray:
+    """The deployment path for one patch held in memory: the tiled engine
+    (:func:`inpaint_array`, exactly what ``edgefill inpaint`` streams), then :func:`composite`.
+    ``stored`` (C, H, W) in its stored dtype, ``hole`` (H, W) bool; returns the stored dtype."""
+    pred = inpaint_array(stored, hole, fill_fn, radiometry.to_unit, edge_params=edge_params, tiling=tiling)
+    return composite(stored, pred, hole, radiometry)
+
+
+def networks_fill_fn(g1, g2, device: str = "cpu", bf16: bool | None = None,
+                     edge_sink: list | None = None) -> FillFn:
+    """G1 then G2 (in eval mode) as a batched ``fill_fn``.
+
+    G1 completes the known edges from (mask, known edges); its probabilities replace the edges
+    inside the hole (EdgeConnect's composite); G2 fills RGB from the masked image and those edges.
     On CUDA the forward runs under bf16 autocast (``bf16=None`` -> on for CUDA, off for CPU).
-    """
+    ``edge_sink``: a list that receives G1's edge probability (N, 1, t, t) of every call."""
     import torch
 
     from models.networks import edge_connect_forward
 
     dev = torch.device(device)
     use_bf16 = (dev.type == "cuda") if bf16 is None else bf16
-    g1 = bundle.edge_generator.to(dev).eval()
-    g2 = bundle.inpaint_generator.to(dev).eval()
+    g1, g2 = g1.to(dev).eval(), g2.to(dev).eval()
 
     def fill(images01: np.ndarray, mask: np.ndarray, edges: np.ndarray) -> np.ndarray:
         amp = torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
         with torch.inference_mode(), amp:
             x, m, e = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev, non_blocking=True)
                        for a in (images01, mask, edges))
-            rgb, _ = edge_connect_forward(g1, g2, x, e, m)
+            rgb, edge_prob = edge_connect_forward(g1, g2, x, e, m)
             rgb = rgb.float().clamp(0, 1)
+        if edge_sink is not None:
+            edge_sink.append(edge_prob.float().cpu().numpy())
         return rgb.cpu().numpy()
 
     return fill
+
+
+def model_fill_fn(bundle, device: str = "cpu", bf16: bool | None = None, edge_sink: list | None = None) -> FillFn:
+    """:func:`networks_fill_fn` of an :class:`~models.checkpoint.InferenceBundle`."""
+    return networks_fill_fn(bundle.edge_generator, bundle.inpaint_generator, device, bf16, edge_sink)

@@ -31,7 +31,7 @@ import rasterio
 from pydantic import BaseModel, ConfigDict, Field
 from rasterio.windows import Window
 
-from models.inference import FillFn, InferenceStats, TilingConfig, inpaint_strips, model_fill_fn
+from models.inference import FillFn, InferenceStats, TilingConfig, avoid_nodata, composite, inpaint_strips, model_fill_fn
 from pipeline.edges import EdgeParams
 from pipeline.raster_io import (AtomicOutputs, RasterInputError, SceneInfo, gdal_env, inspect_scene,
                                 nodata_from_values, nodata_mask, output_profile, read_bands, to_cog)
@@ -114,12 +114,7 @@ def scene_radiometry(info: SceneInfo, model_radiometry: Radiometry, src) -> Radi
     valid = ~nodata_from_values(sample, info.nodata)
     if not valid.any():
         raise InpaintError(f"{info.path}: no valid pixel found to derive a radiometric stretch")
-    lo, hi = np.percentile(sample[:, valid].astype(np.float64), [0.5, 99.5])
-    hi = max(float(hi), float(lo) + 1e-6)
-    scale = (254.0 / 255.0) / (hi - lo)  # lo -> 1/255, hi -> 1 (as pipeline.scenes' stretch)
-    offset = 1.0 / 255.0 - lo * scale
-    return Radiometry(dtype=info.dtype, scale=scale, offset=offset,
-                      description=f"per-scene stretch of {info.dtype}: p0.5={lo:g} -> 1/255, p99.5={hi:g} -> 1")
+    return Radiometry.stretch(sample[:, valid], info.dtype)
 
 
 def _require_some_valid(info: SceneInfo, src) -> None:
@@ -204,30 +199,15 @@ def _stream(src, info: SceneInfo, masker: SceneMasker, fill_fn: FillFn, radiomet
         mdst.set_band_description(1, "filled (1 = filled by edgefill, 0 = input kept)")
         for strip in inpaint_strips(read_strip, info.height, info.width, fill_fn, radiometry.to_unit,
                                     edge_params, tiling, stats):
-            out = strip.stored.copy()
+            out = composite(strip.stored, strip.pred01, strip.hole, radiometry, nodata)
             keep_invalid = strip.unknown & ~strip.hole
             if nodata is not None and keep_invalid.any():
                 out[:, keep_invalid] = np.asarray(nodata, dtype=out.dtype)
-            if strip.pred01 is not None:
-                values = radiometry.from_unit(strip.pred01[:, strip.hole]).astype(out.dtype)
-                out[:, strip.hole] = values if nodata is None else avoid_nodata(values, nodata)
             win = Window(0, strip.row0, info.width, strip.row1 - strip.row0)
             dst.write(out, window=win)
             mdst.write(strip.hole.astype(np.uint8)[None], window=win)
             filled += int(strip.hole.sum())
     return filled
-
-
-def avoid_nodata(values: np.ndarray, nodata: float) -> np.ndarray:
-    """Filled values equal to the output's nodata value would read back as holes: move them one
-    step away (the next integer, or the next float32 towards +inf). Modifies ``values`` in place."""
-    clash = values == nodata
-    if clash.any():
-        if np.issubdtype(values.dtype, np.integer):
-            values[clash] = nodata + 1 if nodata < np.iinfo(values.dtype).max else nodata - 1
-        else:
-            values[clash] = np.nextafter(values.dtype.type(nodata), values.dtype.type(np.inf))
-    return values
 
 
 def _display(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -5,12 +5,19 @@
   -> two transposed convs -> 7x7 conv, sigmoid. Instance norm; spectral norm on its convs.
 - :class:`InpaintGenerator` (G2): input = (masked RGB with holes set to 1, completed edges),
   4 channels, same body without spectral norm, output ``(tanh + 1) / 2`` in [0, 1].
-- ``ModelConfig.g2_residual_fill`` (the CPU ``demo`` preset only): G2's holes are prefilled with a
+- ``ModelConfig.g2_residual_fill`` (an option of every preset): G2's holes are prefilled with a
   harmonic smooth fill of the known pixels (:func:`smooth_fill`: push-pull, then Jacobi sweeps)
   instead of white, the mask is a 5th input channel, and the output is
   ``(tanh(atanh(2 * fill - 1) + body(x)) + 1) / 2`` (a residual in logit space) whose last conv
-  starts at zero, so an untrained G2 already returns the smooth fill and a few hundred CPU steps
-  only have to learn the correction.
+  starts at zero, so an untrained G2 already returns the smooth fill and training only has to
+  learn the correction.
+- ``ModelConfig.g2_normalise`` (with ``g2_residual_fill``): the tile is standardised by the mean
+  and standard deviation of its KNOWN pixels per band (:func:`known_stats`) before G2 sees it, and
+  the residual is predicted in those units: ``out = fill + std * body(x) * mask``. The learned part
+  is then invariant to the tile's gain and offset (8-bit DN, TOA or SR reflectance, bright snow or
+  dark water all look alike to it) and can never change a known pixel.
+- Output activations (G1's sigmoid, G2's tanh / residual) and the last conv feeding them run in
+  float32 even under bf16 autocast: a bf16 head posterises a smooth ramp to ~150 levels.
 - :class:`Discriminator` (D1/D2): 70x70 PatchGAN, 4x4 kernels, spectral norm, LeakyReLU 0.2;
   returns raw logits and the intermediate activations (for feature matching).
 
@@ -72,6 +79,22 @@ def _generator_body(in_ch: int, out_ch: int, base: int, blocks: int, use_sn: boo
     )
 
 
+def _fp32_head(body: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``body(x)`` with its last layer (the output conv) in float32 outside any autocast."""
+    h = body[:-1](x)
+    with torch.autocast(device_type=h.device.type, enabled=False):
+        return body[-1](h.float())
+
+
+def known_stats(image: torch.Tensor, known: torch.Tensor, min_std: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-band mean and standard deviation (N, C, 1, 1) of ``image`` over ``known`` pixels
+    (N, 1, H, W, 1 = valid); std floored at ``min_std`` (units of the [0, 1] image)."""
+    n = known.sum((2, 3), keepdim=True).clamp_min(1.0)
+    mean = (image * known).sum((2, 3), keepdim=True) / n
+    var = (((image - mean) ** 2) * known).sum((2, 3), keepdim=True) / n
+    return mean, var.sqrt().clamp_min(min_std)
+
+
 def _check_inputs(**tensors: torch.Tensor) -> None:
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     first = next(iter(tensors.values()))
@@ -97,7 +120,7 @@ class EdgeGenerator(nn.Module):
     def forward(self, masked_edges: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         _check_inputs(masked_edges=masked_edges, mask=mask)
         x = torch.cat([mask, masked_edges * (1 - mask)], dim=1)
-        return torch.sigmoid(self.body(x))
+        return torch.sigmoid(_fp32_head(self.body, x))
 
 
 def smooth_fill(image: torch.Tensor, known: torch.Tensor, iterations: int = 100, eps: float = 1e-6) -> torch.Tensor:
@@ -145,6 +168,9 @@ class InpaintGenerator(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.residual_fill = cfg.g2_residual_fill
+        self.normalise = cfg.g2_normalise
+        if self.normalise and not self.residual_fill:
+            raise ValueError("g2_normalise needs g2_residual_fill (it standardises the prefilled tile)")
         self.body = _generator_body(5 if self.residual_fill else 4, 3, cfg.base_channels, cfg.residual_blocks, False)
         init_weights(self)
         if self.residual_fill:  # start exactly at the smooth fill
@@ -156,11 +182,17 @@ class InpaintGenerator(nn.Module):
         if not self.residual_fill:
             filled = masked_rgb * (1 - mask) + mask
             x = torch.cat([filled, edges], dim=1)
-            return (torch.tanh(self.body(x)) + 1) / 2
+            return (torch.tanh(_fp32_head(self.body, x)) + 1) / 2
         with torch.no_grad():  # a function of the data only
-            prefill = smooth_fill(masked_rgb * (1 - mask), 1 - mask).clamp(1e-3, 1 - 1e-3)
+            known = 1 - mask.float()
+            prefill = smooth_fill(masked_rgb.float() * known, known).clamp(1e-3, 1 - 1e-3)
+            if self.normalise:
+                mean, std = known_stats(prefill, known)
+        if self.normalise:
+            x = torch.cat([(prefill - mean) / std, edges, mask], dim=1)
+            return (prefill + std * _fp32_head(self.body, x) * mask).clamp(0.0, 1.0)
         x = torch.cat([prefill, edges, mask], dim=1)
-        return (torch.tanh(torch.atanh(2 * prefill - 1) + self.body(x)) + 1) / 2
+        return (torch.tanh(torch.atanh(2 * prefill - 1) + _fp32_head(self.body, x)) + 1) / 2
 
 
 class Discriminator(nn.Module):
@@ -192,9 +224,11 @@ def edge_connect_forward(g1: nn.Module, g2: nn.Module, image: torch.Tensor, edge
                          *, true_edges: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """EdgeConnect's two-stage forward (mask 1 = missing, edges 1 = edge, image in [0, 1]).
 
-    G1 completes the masked edges; its probabilities replace the edges inside the hole
-    (``edges * (1 - mask) + g1 * mask``) and G2 fills RGB from ``image * (1 - mask)`` and those
-    edges (``true_edges``: G2 gets ``edges`` unchanged, as when G2 is trained alone).
+    ``edges``: the known edges of the masked tile (:func:`pipeline.edges.known_edges`, what
+    inference computes; anything inside the hole is ignored). G1 completes them; its
+    probabilities replace the edges inside the hole (``edges * (1 - mask) + g1 * mask``) and G2
+    fills RGB from ``image * (1 - mask)`` and those edges (``true_edges``: G2 gets ``edges``
+    unchanged - pass the full true edge map - as when G2 is trained alone).
     Returns (rgb (N,3,H,W) in [0, 1], G1's edge probability (N,1,H,W))."""
     known = edges * (1 - mask)
     edge_prob = g1(known, mask)

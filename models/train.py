@@ -21,18 +21,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from models.checkpoint import CheckpointError, load_checkpoint, read_run_config, save_checkpoint, write_run_config
 from models.config import ModelConfig
-from models.data import batch_iterator, collate, epoch_batches, random_crop
+from models.data import batch_iterator, collate, epoch_batches
+from models.evaluate import ModelFill, score_pairs, validation_scores
 from models.networks import edge_connect_forward
 from models.reporting import RunLog, save_loss_plot, save_sample_grid
 from models.trainer import Trainer, TrainingDivergedError
 from pipeline.atomic_io import atomic_write_json
-from pipeline.dataset import PREPARED_ARRAYS, InpaintingDataset
-from pipeline.edges import EdgeParams
+from pipeline.dataset import PREPARED_ARRAYS, EvalPairs, TrainingSamples, store_edge_params
+from pipeline.pairings import EVAL_SPLITS
 from pipeline.store import StoreError, open_store, store_radiometry
 
 log = logging.getLogger("edgefill.train")
@@ -65,17 +67,11 @@ def open_prepared_store(store: Path):
     """Open a store that ``prepare`` has completed; a clear :class:`StoreError` otherwise."""
     group = open_store(store, "r", require=("images",))
     missing = [a for a in PREPARED_ARRAYS if a not in group]
-    missing += [f"pairings/{s}" for s in ("train", "test") if f"pairings/{s}" not in group]
+    missing += [f"pairings/{s}" for s in EVAL_SPLITS if f"pairings/{s}" not in group]
     if missing:
         raise StoreError(f"store {store} is not prepared for training: it lacks {missing} "
                          f"(run `edgefill prepare {store}` first)")
     return group
-
-
-def store_edge_params(group) -> EdgeParams:
-    prep = group.attrs.get("prepare", {}) or {}
-    params = prep.get("edge_params") if isinstance(prep, dict) else None
-    return EdgeParams(**params) if params else EdgeParams()
 
 
 def _dist_setup(device: str | None) -> tuple[int, int, int, torch.device]:
@@ -96,11 +92,20 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _held_out_batch(store: Path, n: int) -> dict:
-    ds = InpaintingDataset(store, "test", augment=False)
+def validation_subset(ds: EvalPairs, n: int) -> list[int]:
+    """``n`` rows spread evenly over the validation table (every mask kind and bin in turn)."""
     if len(ds) == 0:
-        ds = InpaintingDataset(store, "train", augment=False)
-    return collate([ds[i] for i in range(min(n, len(ds)))])
+        raise StoreError(f"store {ds.store_path} has no validation pairs: training needs a validation split "
+                         f"(scenes or AOIs with split 'validation')")
+    return sorted({int(i) for i in np.linspace(0, len(ds) - 1, min(n, len(ds))).round()})
+
+
+def validation_metrics(trainer: Trainer, ds: EvalPairs, keep: list[int], patch_size: int) -> dict[str, float]:
+    """The networks' scores on validation rows ``keep`` through the deployment path
+    (:class:`models.evaluate.ModelFill`): hole PSNR / L1 / SSIM and the tolerant edge MAPE."""
+    fill = ModelFill(trainer.nets["g1"], trainer.nets["g2"], ds.radiometry, ds.edge_params, patch_size,
+                     device=str(trainer.device))
+    return validation_scores(score_pairs(ds, keep, fill, ("model",)))
 
 
 def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: bool = True,
@@ -123,7 +128,6 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
     torch.manual_seed(t.seed)
     trainer = Trainer(cfg, dev, ddp=world > 1, local_rank=local)
     torch.manual_seed(t.seed + rank)
-    trainer.crop_gen.manual_seed(t.seed + rank)
 
     last = run_dir / "checkpoints" / "last.pt"
     held_out_start: dict[str, float] | None = None
@@ -149,16 +153,18 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
                          data_version=data_version, store=str(store.resolve()), warnings=trainer.warnings)
     _barrier(world)
 
-    train_ds = InpaintingDataset(store, "train", augment=True)
-    held = _held_out_batch(store, cfg.schedule.mape_patches)
+    train_ds = TrainingSamples(store, crop_size=t.crop_size, seed=t.seed)
+    val_ds = EvalPairs(store, "validation")
+    val_keep = validation_subset(val_ds, cfg.schedule.mape_patches)
     if held_out_start is None:
-        held_out_start = trainer.held_out_metrics(held)
+        held_out_start = validation_metrics(trainer, val_ds, val_keep, patch_size)
     runlog = RunLog(run_dir, trainer.state.step) if rank == 0 else None
     st = trainer.state
     last_losses: dict[str, float] = {}
     samples: list[str] = []
     status = "completed"
     start_step, t0 = st.step, time.perf_counter()
+    sample_items = [val_ds[i] for i in val_keep[:4]]
 
     def checkpoint() -> None:
         rng = [trainer.rng_state()]
@@ -173,12 +179,12 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
     def sample() -> None:
         if rank != 0:
             return
-        b = {k: v[:4] for k, v in held.items() if isinstance(v, torch.Tensor)}
+        b = collate(sample_items)
         with torch.no_grad():
-            image, edges, mask = (trainer._to(b[k]) for k in ("image", "edges", "mask"))
-            out, gen = edge_connect_forward(trainer.nets["g1"].eval(), trainer.nets["g2"].eval(), image, edges, mask,
-                                            true_edges=t.mode == "inpaint")
-        samples.append(str(save_sample_grid(run_dir / "samples" / f"step-{st.step}.png", image, edges, mask, gen, out)))
+            image, known, mask = (b[k].to(dev) for k in ("image", "known_edges", "mask"))
+            out, gen = edge_connect_forward(trainer.nets["g1"].eval(), trainer.nets["g2"].eval(), image, known, mask)
+        samples.append(str(save_sample_grid(run_dir / "samples" / f"step-{st.step}.png", image, b["edges"].to(dev),
+                                            mask, gen, out)))
 
     bar = None
     if rank == 0 and progress:
@@ -187,22 +193,26 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
                        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
         task = bar.add_task("train", total=t.max_steps, completed=st.step, mode=t.mode, info="")
         bar.start()
+    validation: dict[str, float] = {}
     try:
         while st.step < t.max_steps:
             batches = epoch_batches(len(train_ds), t.batch_size, st.epoch, t.seed, rank, world)
             for batch in batch_iterator(train_ds, batches, st.batch, num_workers=t.num_workers,
                                         pin_memory=dev.type == "cuda"):
-                batch = random_crop(batch, t.crop_size, trainer.crop_gen)
                 last_losses = trainer.train_step(batch)
                 st.batch += 1
                 if st.batch >= len(batches):
                     st.epoch, st.batch = st.epoch + 1, 0
                     if t.mode != "inpaint":
                         trainer.maybe_switch_stage(None)
-                if t.mode != "inpaint" and st.step % cfg.schedule.mape_every == 0:
-                    trainer.maybe_switch_stage(trainer.held_out_metrics(held, edges_only=True)["edge_mape"])
+                if st.step % cfg.schedule.mape_every == 0:
+                    validation = validation_metrics(trainer, val_ds, val_keep, patch_size) if rank == 0 else {}
+                    if t.mode != "inpaint":
+                        trainer.maybe_switch_stage(validation.get("edge_mape"))
                 if runlog is not None and st.step % t.log_every == 0:
-                    runlog.log(st.step, last_losses, stage=st.stage, epoch=st.epoch)
+                    logged = {**last_losses, **{f"val_{k}": v for k, v in validation.items()}}
+                    runlog.log(st.step, logged, stage=st.stage, epoch=st.epoch)
+                    validation = {}
                 if bar is not None:
                     bar.update(task, completed=st.step, info=" ".join(f"{k}={v:.3f}" for k, v in list(last_losses.items())[:4]))
                 if st.step % t.sample_every == 0:
@@ -222,7 +232,7 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
         if runlog is not None:
             runlog.close()
     seconds = time.perf_counter() - t0
-    held_out_end = trainer.held_out_metrics(held)
+    held_out_end = validation_metrics(trainer, val_ds, val_keep, patch_size)
     world_images = (st.step - start_step) * t.batch_size * world
     summary = TrainSummary(
         run_dir=str(run_dir), status=status, steps=st.step, epochs=st.epoch, stage=st.stage,

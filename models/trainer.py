@@ -1,13 +1,15 @@
 """One training step per mode and the state a checkpoint must hold to resume exactly.
 
 Modes (EdgeConnect's models 1-4): ``edge`` trains G1/D1; ``inpaint`` trains G2/D2 on
-ground-truth edges; ``joint`` trains G1/D1, then G2/D2 on G1's completed edges (detached).
+ground-truth edges; ``joint`` trains G1/D1, then G2/D2 on G1's completed edges (detached):
+``known * (1 - M) + G1 * M``, where ``known`` are the deployment edges of the masked sample.
 Each GAN step updates D first (on real and on ``generated.detach()`` - D's own output is never
 detached, so D learns from fakes), then G against the updated, frozen D.
 """
 from __future__ import annotations
 
 import logging
+import math
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -16,9 +18,9 @@ import torch
 
 from models.checkpoint import CheckpointError, load_state, unwrap
 from models.config import ModelConfig
-from models.losses import (discriminator_loss, edge_mape, feature_matching_loss, gan_loss, hole_mean_l1,
-                           hole_normalised_l1, perceptual_and_style, structure_loss)
-from models.networks import build_networks, edge_connect_forward
+from models.losses import (discriminator_loss, edge_mape, edge_mape_exact, feature_matching_loss, gan_loss,
+                           hole_mean_l1, hole_normalised_l1, perceptual_and_style, structure_loss)
+from models.networks import build_networks, known_stats
 from models.vgg import VGG19Features
 
 log = logging.getLogger("edgefill.train")
@@ -81,7 +83,6 @@ class Trainer:
             self.vgg = VGG19Features()
             self.vgg.load_torchvision_weights(weights)
             self.vgg.to(device)
-        self.crop_gen = torch.Generator().manual_seed(t.seed)
         self.state = TrainState()
 
     # ------------------------------------------------------------------ helpers
@@ -118,14 +119,29 @@ class Trainer:
         return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
 
     # ------------------------------------------------------------------ steps
-    def edge_step(self, edges: torch.Tensor, mask: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
-        """One D1 + G1 update. Returns scalars and G1's edge probability (detached)."""
+    def set_learning_rates(self) -> None:
+        """Learning rates for the coming step (a pure function of the step: resumes exactly)."""
+        t = self.cfg.train
+        factor = 1.0
+        if t.lr_schedule == "cosine" and t.max_steps > 0:
+            progress = min(1.0, self.state.step / t.max_steps)
+            factor = t.lr_min_factor + (1 - t.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+        for name, opt in self.opts.items():
+            base = t.lr_g if name.startswith("g") else t.lr_d
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+
+    def edge_step(self, edges: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+        """One D1 + G1 update: G1 sees (mask, ``known`` edges - the deployment input), its target is
+        the full-image ``edges``. Stage 1: D1 judges whole edge maps with the L1 objective and L1
+        feature matching; stage 2: D1 judges ``edges * M`` vs ``gen * M`` with the L2 objective and
+        L2 feature matching. Returns scalars and G1's edge probability (detached)."""
         L, stage = self.cfg.losses, self.state.stage
         kind = L.edge_adv_stage1 if stage == 1 else L.edge_adv_stage2
         fm_norm = "l1" if stage == 1 else "l2"
         g1, d1 = self.run["g1"], self.nets["d1"]
         with _autocast(self.device, self.amp):
-            gen = g1(edges * (1 - mask), mask).float()
+            gen = g1(known, mask).float()
         real_in, fake_in = (edges, gen) if stage == 1 else (edges * mask, gen * mask)
         loss_d = self._discriminator_update("d1", real_in, fake_in, kind)
         # G1 against the updated D1 (frozen, plain module: no DDP sync for D here).
@@ -141,9 +157,9 @@ class Trainer:
         self._update("g1", loss_g)
         d1.requires_grad_(True)
         with torch.no_grad():
-            mape = edge_mape(gen, edges, mask)
+            mape, exact = edge_mape(gen, edges, mask), edge_mape_exact(gen, edges, mask)
         return ({"d1": loss_d.item(), "g1": loss_g.item(), "g1_adv": adv.item(), "g1_fm": fm.item(),
-                 "g1_structure": st.item(), "edge_mape": mape.item()}, gen.detach())
+                 "g1_structure": st.item(), "edge_mape": mape.item(), "edge_mape_exact": exact.item()}, gen.detach())
 
     def inpaint_step(self, image: torch.Tensor, edges_in: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         """One D2 + G2 update on ``edges_in`` (ground truth or G1's composite)."""
@@ -151,77 +167,76 @@ class Trainer:
         g2, d2 = self.run["g2"], self.nets["d2"]
         with _autocast(self.device, self.amp):
             out = g2(image * (1 - mask), edges_in, mask).float()
-        loss_d = self._discriminator_update("d2", image, out, L.inpaint_adv)
-        d2.requires_grad_(False)
-        with _autocast(self.device, self.amp):
-            g_logits, _ = d2(out)
-        adv = gan_loss(g_logits.float(), True, L.inpaint_adv)
-        l1 = hole_normalised_l1(out, image, mask)
-        loss_g = L.inpaint_adv_weight * adv + L.inpaint_l1_weight * l1
-        scalars = {}
+        scalars: dict[str, float] = {}
+        loss_g = image.new_zeros(())
+        if L.inpaint_adv_weight > 0:
+            loss_d = self._discriminator_update("d2", image, out, L.inpaint_adv)
+            d2.requires_grad_(False)
+            with _autocast(self.device, self.amp):
+                g_logits, _ = d2(out)
+            adv = gan_loss(g_logits.float(), True, L.inpaint_adv)
+            loss_g = loss_g + L.inpaint_adv_weight * adv
+            scalars.update(d2=loss_d.item(), g2_adv=adv.item())
+        scale = known_stats(image, 1 - mask)[1] if L.inpaint_l1_scaled else None
+        l1 = hole_normalised_l1(out, image, mask, scale=scale)
+        loss_g = loss_g + L.inpaint_l1_weight * l1
         if self.vgg is not None:
-            perc, style = perceptual_and_style(self.vgg, out, image)
+            perc, style = perceptual_and_style(self.vgg, out, image, mask)
             loss_g = loss_g + L.perceptual_weight * perc + L.style_weight * style
-            scalars = {"g2_perceptual": perc.item(), "g2_style": style.item()}
+            scalars.update(g2_perceptual=perc.item(), g2_style=style.item())
         self._update("g2", loss_g)
         d2.requires_grad_(True)
         with torch.no_grad():
             hole_l1 = hole_mean_l1(out, image, mask)
-        return {"d2": loss_d.item(), "g2": loss_g.item(), "g2_adv": adv.item(), "g2_l1": l1.item(),
-                "hole_l1": hole_l1.item(), **scalars}
+        return {"g2": loss_g.item(), "g2_l1": l1.item(), "hole_l1": hole_l1.item(), **scalars}
 
     def train_step(self, batch: dict) -> dict[str, float]:
+        """One step of ``cfg.train.mode`` on a batch of :class:`pipeline.dataset.TrainingSamples`."""
         mode = self.cfg.train.mode
-        image, edges, mask = self._to(batch["image"]), self._to(batch["edges"]), self._to(batch["mask"])
+        image, edges, known, mask = (self._to(batch[k]) for k in ("image", "edges", "known_edges", "mask"))
         for name in ("g1", "g2", "d1", "d2"):
             self.nets[name].train()
+        self.set_learning_rates()
         scalars: dict[str, float] = {}
         if mode in ("edge", "joint"):
-            s, gen = self.edge_step(edges, mask)
+            s, gen = self.edge_step(edges, known, mask)
             scalars.update(s)
         if mode in ("inpaint", "joint"):
-            edges_in = edges if mode == "inpaint" else edges * (1 - mask) + gen * mask
+            edges_in = edges if mode == "inpaint" else known * (1 - mask) + gen * mask
             scalars.update(self.inpaint_step(image, edges_in, mask))
         self.state.step += 1
         return scalars
 
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def held_out_metrics(self, batch: dict, edges_only: bool = False) -> dict[str, float]:
-        """Edge MAPE of G1 and (unless ``edges_only``) hole-region L1 of G2 on a fixed
-        held-out batch, in eval mode."""
-        image, edges, mask = self._to(batch["image"]), self._to(batch["edges"]), self._to(batch["mask"])
-        g1, g2 = self.nets["g1"].eval(), self.nets["g2"].eval()
-        if edges_only:
-            gen = g1(edges * (1 - mask), mask).float()
-            return {"edge_mape": edge_mape(gen, edges, mask).item()}
-        rgb, gen = edge_connect_forward(g1, g2, image, edges, mask, true_edges=self.cfg.train.mode == "inpaint")
-        return {"edge_mape": edge_mape(gen.float(), edges, mask).item(),
-                "hole_l1": hole_mean_l1(rgb.float(), image, mask).item()}
-
-    def maybe_switch_stage(self, held_out_mape: float | None) -> bool:
-        """Stage 1 -> 2 when the held-out edge MAPE < threshold or ``max_stage1_epochs`` ran."""
+    # ------------------------------------------------------------------ stage switch
+    def maybe_switch_stage(self, validation_mape: float | None) -> bool:
+        """Stage 1 -> 2 when the validation edge MAPE < threshold or ``max_stage1_epochs`` ran.
+        Under DDP rank 0 decides and every rank takes its decision (broadcast)."""
         s = self.cfg.schedule
-        if self.state.stage != 1:
-            return False
         why = None
-        if held_out_mape is not None and held_out_mape < s.mape_threshold:
-            why = f"held-out edge MAPE {held_out_mape:.4f} < {s.mape_threshold}"
-        elif self.state.epoch >= s.max_stage1_epochs:
-            why = f"epoch {self.state.epoch} reached max_stage1_epochs={s.max_stage1_epochs}"
-        if why is None:
+        if self.state.stage == 1:
+            if validation_mape is not None and validation_mape < s.mape_threshold:
+                why = f"validation edge MAPE {validation_mape:.4f} < {s.mape_threshold}"
+            elif self.state.epoch >= s.max_stage1_epochs:
+                why = f"epoch {self.state.epoch} reached max_stage1_epochs={s.max_stage1_epochs}"
+        switch = why is not None
+        if self.ddp:
+            import torch.distributed as dist
+            flag = torch.tensor([int(switch)], dtype=torch.int64)
+            dist.broadcast(flag, src=0)
+            switch = bool(flag.item())
+        if not switch:
             return False
         self.state.stage, self.state.stage_switch_step = 2, self.state.step
-        msg = f"G1 loss stage 1 -> 2 at step {self.state.step}: {why}"
+        msg = f"G1 loss stage 1 -> 2 at step {self.state.step}: {why or 'decided on rank 0'}"
         self.state.events.append(msg)
         log.warning(msg)
         return True
 
     # ------------------------------------------------------------------ checkpoint state
     def rng_state(self) -> dict:
-        """This process's RNG state (torch CPU, CUDA, crop generator, python ``random``)."""
-        rng = {"torch": torch.get_rng_state(), "crop": self.crop_gen.get_state(),
-               "python": list(random.getstate()[1])}
+        """This process's RNG state (torch CPU, CUDA, python ``random``); sample draws are seeded
+        per sample key (:mod:`models.data`) and need no state."""
+        rng = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return rng
@@ -229,8 +244,6 @@ class Trainer:
     def set_rng_state(self, rng: dict) -> None:
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
-        if "crop" in rng:
-            self.crop_gen.set_state(rng["crop"])
         if "python" in rng:
             random.setstate((3, tuple(int(v) for v in rng["python"]), None))
         if "cuda" in rng and torch.cuda.is_available():

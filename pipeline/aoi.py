@@ -1,9 +1,9 @@
 """Areas of interest: GeoJSON files (EPSG:4326) read with geopandas, geometry via shapely.
 
 Each file may hold several features; a feature's ``name`` property names the AOI (default: file
-stem + index) and an optional ``split`` property ("train"/"test") pins its split. AOIs without
-one are assigned deterministically from the seed so that ``test_fraction`` of them are test
-(split by AOI, never by neighbouring patch).
+stem + index) and an optional ``split`` property ("train"/"validation"/"test") pins its split.
+AOIs without one are assigned deterministically from the seed so that ``test_fraction`` of them
+are test and ``validation_fraction`` validation (split by AOI, never by neighbouring patch).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
 
 from pipeline.export_config import ExportError
+from pipeline.store import SPLITS
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ def read_aois(paths: list[Path]) -> list[AOI]:
             if not geom.is_valid:
                 geom = shapely.make_valid(geom)
             split = row.get("split") if "split" in frame.columns else None
-            if split is not None and split == split and split not in ("train", "test"):
-                raise ExportError(f"AOI {name!r} in {path}: split must be 'train' or 'test', got {split!r}")
+            if split is not None and split == split and split not in SPLITS:
+                raise ExportError(f"AOI {name!r} in {path}: split must be one of {SPLITS}, got {split!r}")
             aois.append(AOI(name, geom, split if isinstance(split, str) else None))
     names = [a.name for a in aois]
     if len(set(names)) != len(names):
@@ -71,12 +72,15 @@ def read_aois(paths: list[Path]) -> list[AOI]:
     return aois
 
 
-def assign_splits(aois: list[AOI], seed: int, test_fraction: float) -> dict[str, str]:
-    """AOI name -> split: the AOI's own ``split`` property, else a seeded draw by AOI."""
+def assign_splits(aois: list[AOI], seed: int, test_fraction: float, validation_fraction: float = 0.0) -> dict[str, str]:
+    """AOI name -> split: the AOI's own ``split`` property, else a seeded draw by AOI
+    (``test_fraction`` of the free AOIs to test, then ``validation_fraction`` to validation)."""
     free = sorted(a.name for a in aois if a.split is None)
     random.Random(f"split:{seed}").shuffle(free)
     n_test = round(len(free) * test_fraction)
-    out = {name: ("test" if i < n_test else "train") for i, name in enumerate(free)}
+    n_val = round(len(free) * validation_fraction)
+    out = {name: ("test" if i < n_test else "validation" if i < n_test + n_val else "train")
+           for i, name in enumerate(free)}
     out.update({a.name: a.split for a in aois if a.split is not None})
     return out
 

@@ -125,6 +125,21 @@ def canny_edges(gray01: np.ndarray, params: EdgeParams = EdgeParams(),
     return edges > 0
 
 
+def known_edges(image01: np.ndarray, hole: np.ndarray, params: EdgeParams = EdgeParams()) -> np.ndarray:
+    """THE edges a model is given: Canny of a tile whose ``hole`` pixels (H, W; 1/True = missing)
+    are unknown. ``image01`` (3, H, W) float in [0, 1]; hole pixels are zeroed, then excluded from
+    smoothing and from edge candidates (``valid = not hole``). Returns (H, W) bool.
+
+    Inference (:mod:`models.inference`) and training (:mod:`pipeline.dataset`) both call this on
+    the masked tile, so G1 sees at training exactly what it sees at deployment: the known edges
+    never depend on what is inside the hole."""
+    hole = np.asarray(hole).astype(bool)
+    image01 = np.asarray(image01, np.float32)
+    if image01.ndim != 3 or image01.shape[0] != 3 or image01.shape[1:] != hole.shape:
+        raise ValueError(f"known_edges expects image (3, H, W) and hole (H, W), got {image01.shape} and {hole.shape}")
+    return canny_edges(rgb_to_gray(image01 * (~hole).astype(np.float32)), params, valid=~hole)
+
+
 def edges_for_batch(images01: np.ndarray, params: EdgeParams = EdgeParams(),
                     valid: np.ndarray | None = None) -> np.ndarray:
     """(N, 3, H, W) float RGB in [0, 1] -> (N, 1, H, W) uint8 edges (1 = edge).

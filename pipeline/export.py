@@ -57,6 +57,7 @@ class ExportSummary(BaseModel):
     n_patches: int
     n_valid: int
     n_train: int
+    n_validation: int
     n_test: int
     skipped: dict[str, int]
     failures: list[str]
@@ -322,7 +323,8 @@ def finalize_export(group: zarr.Group, config: ExportConfig, candidates: list[Pa
     summary = ExportSummary(
         store=str(out), config_hash=group.attrs["config_hash"], source=group.attrs["source"],
         n_candidates=len(candidates), n_patches=n, n_valid=int(valid.sum()),
-        n_train=int((valid & (split == "train")).sum()), n_test=int((valid & (split == "test")).sum()),
+        n_train=int((valid & (split == "train")).sum()), n_validation=int((valid & (split == "validation")).sum()),
+        n_test=int((valid & (split == "test")).sum()),
         skipped=skipped, failures=failures, shards_written_now=written_now, shards_total=n_final_shards,
         complete=True, exhausted=n_final_shards * s >= len(candidates), seconds=round(seconds, 3),
         quicklook=str(quicklook) if quicklook else None, stac_catalog=str(stac))
@@ -340,7 +342,7 @@ def summary_markdown(summary: ExportSummary) -> str:
              "| metric | value |", "|---|---|",
              f"| source | {summary.source} |", f"| config hash | `{summary.config_hash}` |",
              f"| candidates planned | {summary.n_candidates} |", f"| patches in store | {summary.n_patches} |",
-             f"| valid patches | {summary.n_valid} (train {summary.n_train}, test {summary.n_test}) |",
+             f"| valid patches | {summary.n_valid} (train {summary.n_train}, validation {summary.n_validation}, test {summary.n_test}) |",
              f"| skipped | {skips} |", f"| shards | {summary.shards_total} ({summary.shards_written_now} written this run) |",
              f"| failures | {len(summary.failures)} |", f"| seconds | {summary.seconds} |"]
     if summary.quicklook:

@@ -39,7 +39,8 @@ class ExportConfig(BaseModel):
     # local source
     dataset: str | None = Field(None, description="data_catalog/datasets/<name>.json entry overriding scenes/splits")
     scenes: list[str] | None = None
-    splits: dict[str, str] | None = Field(None, description="scene id -> train/test (default: the scene's role)")
+    splits: dict[str, str] | None = Field(None, description="scene id or group -> train/validation/test "
+                                          "(default: the scene's catalog role)")
     stride: int = Field(256, ge=1)
     include_holdout: bool = False
     # earth engine source
@@ -54,6 +55,7 @@ class ExportConfig(BaseModel):
     max_scene_cloud_cover: float = Field(30.0, ge=0.0, le=100.0, description="CLOUD_COVER (%) scene filter")
     max_cloud_fraction: float = Field(0.02, ge=0.0, le=1.0, description="QA_PIXEL cloud/shadow fraction allowed per patch")
     test_fraction: float = Field(1 / 6, ge=0.0, le=1.0, description="share of AOIs without a 'split' property sent to test")
+    validation_fraction: float = Field(1 / 6, ge=0.0, le=1.0, description="share of AOIs without a 'split' property sent to validation")
     concurrency: int = Field(32, ge=1, le=40, description="concurrent computePixels requests (GEE allows 40)")
     max_requests_per_s: float = Field(90.0, gt=0.0, le=100.0, description="request rate cap (GEE: 100/s per project)")
     max_attempts: int = Field(6, ge=1)
@@ -109,7 +111,8 @@ class ExportConfig(BaseModel):
             aois[path.name] = digest
         return {**common, "collection": self.collection, "bands": self.band_ids, "aois": aois,
                 "start": self.start, "end": self.end, "max_scene_cloud_cover": self.max_scene_cloud_cover,
-                "max_cloud_fraction": self.max_cloud_fraction, "test_fraction": self.test_fraction}
+                "max_cloud_fraction": self.max_cloud_fraction, "test_fraction": self.test_fraction,
+                "validation_fraction": self.validation_fraction}
 
 
 def build_export_config(source: str = "local", out: str | Path = "demo_out/landsat.zarr", count: int | None = None,

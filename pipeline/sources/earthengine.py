@@ -187,7 +187,7 @@ class EarthEngineSource:
         """Candidates per AOI: every scene's 256 x 256 cells inside AOI and footprint, seeded shuffle."""
         c = self.config
         aois = read_aois(c.aoi_files())
-        splits = assign_splits(aois, c.seed, c.test_fraction)
+        splits = assign_splits(aois, c.seed, c.test_fraction, c.validation_fraction)
         out: list[list[PatchRequest]] = []
         n_scenes = 0
         self.initialize()

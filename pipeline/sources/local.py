@@ -1,8 +1,10 @@
 """The embedded default source: real bundled Landsat GeoTIFFs tiled at native resolution.
 
 Scenes come from ``pipeline.scenes`` (``data_catalog/scenes.json``). By default the roles
-``train`` and ``test`` are exported; the Everest holdout and the SLC-off scenes never are
-(unless ``include_holdout``). Pixels are uint8 (Radiometry scale 1/255); Landsat 8 scenes are
+``train``, ``validation`` and ``test`` are exported, each scene into its role's split; the
+Everest holdout only with ``include_holdout`` (into test), the SLC-off scenes never. Chips
+without georeferencing get epsg 0 and a transform in their own pixel units (see
+:mod:`pipeline.scenes`). Pixels are uint8 (Radiometry scale 1/255); Landsat 8 scenes are
 percentile-stretched by ``read_scene`` and that stretch is reported by :meth:`scene_metadata`.
 """
 from __future__ import annotations
@@ -15,9 +17,9 @@ import numpy as np
 from affine import Affine
 
 from pipeline.export_config import ExportConfig, ExportError
-from pipeline.scenes import CATALOG_DIR, SceneArray, SceneEntry, load_catalog, read_scene, scenes_with_role
+from pipeline.scenes import CATALOG_DIR, ROLE_SPLIT, SceneArray, SceneEntry, load_catalog, read_scene, scenes_with_role
 from pipeline.sources.base import Patch, PatchRequest
-from pipeline.store import Radiometry
+from pipeline.store import SPLITS, Radiometry
 
 DATASET_DIR = CATALOG_DIR / "datasets"
 
@@ -34,6 +36,17 @@ def load_dataset_entry(name: str) -> dict:
         known = sorted(p.stem for p in DATASET_DIR.glob("*.json"))
         raise ExportError(f"unknown dataset {name!r}: {path} does not exist (known: {known})")
     return json.loads(path.read_text())
+
+
+def grid_starts(length: int, size: int, stride: int) -> list[int]:
+    """Patch starts every ``stride`` px plus one aligned to the end, so the whole extent is
+    covered (a 400 px chip gives 0 and 144 for 256 px patches). Empty when ``length < size``."""
+    if length < size:
+        return []
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
 
 
 class LocalSceneSource:
@@ -59,7 +72,7 @@ class LocalSceneSource:
                 raise ExportError(f"unknown scene id(s) {unknown}; bundled scenes: {sorted(catalog)}")
             chosen = [catalog[s] for s in self.scene_ids]
         else:
-            roles = ("train", "test", "holdout") if self.config.include_holdout else ("train", "test")
+            roles = ("train", "validation", "test") + (("holdout",) if self.config.include_holdout else ())
             chosen = scenes_with_role(*roles)
         bad = [s.id for s in chosen if s.role in ("slc_off", "slc_off_mask")]
         if bad:
@@ -69,9 +82,10 @@ class LocalSceneSource:
         return chosen
 
     def split_of(self, entry: SceneEntry) -> str:
-        split = self.splits.get(entry.id, "test" if entry.role == "test" else "train")
-        if split not in ("train", "test"):
-            raise ExportError(f"split for scene {entry.id} must be 'train' or 'test', got {split!r}")
+        """``splits[scene id]``, else ``splits[scene group]``, else the catalog role's split."""
+        split = self.splits.get(entry.id, self.splits.get(entry.split_group, ROLE_SPLIT.get(entry.role)))
+        if split not in SPLITS:
+            raise ExportError(f"split for scene {entry.id} must be one of {SPLITS}, got {split!r}")
         return split
 
     def strata(self) -> list[list[PatchRequest]]:
@@ -82,8 +96,8 @@ class LocalSceneSource:
             scene = _scene(entry.id)
             h, w = scene.valid.shape
             reqs = []
-            for r in range(0, h - size + 1, stride):
-                for c in range(0, w - size + 1, stride):
+            for r in grid_starts(h, size, stride):
+                for c in grid_starts(w, size, stride):
                     t = scene.transform @ Affine.translation(c, r)
                     reqs.append(PatchRequest(asset=entry.id, scene_id=entry.id, epsg=scene.epsg,
                                              transform=(t.a, t.b, t.c, t.d, t.e, t.f), size=size,

@@ -47,14 +47,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate")
     def evaluate_cmd(
-        store: Path = typer.Argument(..., help="prepared store whose test pairings are scored"),
+        store: Path = typer.Argument(..., help="prepared store whose fixed pairings are scored"),
         model: Optional[str] = typer.Option(None, "--model", help="run dir or registry name ('current'); omit for baselines only"),
         out: Optional[Path] = typer.Option(None, "--out", help="report folder (default: RUN_DIR/eval or ./eval)"),
         pairs_per_bin: Optional[int] = typer.Option(None, "--pairs-per-bin", min=1, help="first k pairs of every (kind, bin) cell"),
-        baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="also score Telea, Navier-Stokes, GDAL fill"),
+        baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="also score Telea, Navier-Stokes, GDAL fill, harmonic prefill"),
+        split: str = typer.Option("test", "--split", help="test (reported) or validation (what decisions read)"),
         device: str = typer.Option("cpu", "--device"),
     ) -> None:
-        """Model vs Telea / Navier-Stokes / GDAL FillNodata on the fixed test pairings."""
+        """Model vs Telea / Navier-Stokes / GDAL FillNodata / harmonic fill on fixed pairings, through the deployment path."""
         from models.baselines import BASELINES
         from models.checkpoint import CheckpointError
         from models.evaluate import evaluate, markdown_table, write_report
@@ -63,7 +64,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             methods = (("model",) if model else ()) + (BASELINES if baselines else ())
-            result = evaluate(store, model, methods=methods, pairs_per_bin=pairs_per_bin, device=device)
+            result = evaluate(store, model, methods=methods, pairs_per_bin=pairs_per_bin, split=split, device=device)
             folder = out or ((resolve_model(model) / "eval") if model else Path("eval"))
             files = write_report(result, folder)
         except (StoreError, CheckpointError, KeyError, ValueError) as exc:

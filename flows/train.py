@@ -1,13 +1,14 @@
 """Prefect flows ``train-model`` and ``retrain-model`` (thin: the work is in :mod:`models`).
 
 - ``train-model``: train (in-process, or ``nproc`` > 1 ranks through torchrun launched as a
-  subprocess), evaluate on the test split's fixed pairings, register the run in the model
-  registry and promote it if it beats the current model on ``hole_psnr`` (the first model is
-  promoted). Artifacts: training summary with loss plot and sample grid (image files referenced
-  by path), evaluation table.
+  subprocess), evaluate through the deployment path on the VALIDATION pairings (the decision)
+  and on the test pairings (reported, never decides), register the run in the model registry
+  and promote it if it beats the current model on validation ``hole_psnr`` (the first model is
+  promoted). Artifacts: training summary with loss plot and sample grid, evaluation tables.
 - ``retrain-model``: fine-tune the registry's current model on the latest store, evaluate the
-  candidate AND the current model on the same fixed test pairings, register the candidate and
-  promote it only if its hole-region PSNR is higher; otherwise keep the current one and say why.
+  candidate AND the current model on the same fixed validation pairings, register the candidate
+  and promote it only if its validation hole PSNR is higher; otherwise keep the current one and
+  say why. Test scores are reported beside it.
 
 Deployments: ``train-model/default`` (the demo preset on ./demo_out/landsat.zarr) and
 ``retrain-model/nightly`` (cron ``0 3 * * *``, UTC).
@@ -49,18 +50,26 @@ def train_task(store: str, run_dir: str, config: str | dict, mode: str | None, m
 
 
 @task(name="evaluate")
-def evaluate_task(store: str, model: str, out_dir: str, pairs_per_bin: int | None, baselines: bool = True) -> dict:
+def evaluate_task(store: str, model: str, out_dir: str, pairs_per_bin: int | None, baselines: bool = True,
+                  split: str = "validation") -> dict:
     methods = ("model",) + (BASELINES if baselines else ())
-    result = evaluate(store, model, methods=methods, pairs_per_bin=pairs_per_bin)
-    files = write_report(result, out_dir)
+    result = evaluate(store, model, methods=methods, pairs_per_bin=pairs_per_bin, split=split)
+    files = write_report(result, Path(out_dir) / split)
     return {"metrics": model_metrics(result), "files": files, "rows": result.rows, "overall": result.overall}
 
 
-def _train_artifacts(summary: dict, evaluation: dict, key: str) -> None:
+def _registry_metrics(validation: dict, test: dict) -> dict:
+    """Validation metrics decide (top level, e.g. ``hole_psnr``); test metrics ride along."""
+    return {**validation["metrics"], "test": test["metrics"]}
+
+
+def _train_artifacts(summary: dict, evaluation: dict, test: dict, key: str) -> None:
     create_markdown_artifact(key=key, markdown=training_summary_markdown(summary, evaluation["metrics"], key),
                              description="training summary, loss plot, samples")
     create_table_artifact(key=f"{key}-evaluation", table=overall_rows(evaluation["rows"]),
-                          description="evaluation on fixed test pairings")
+                          description="evaluation on the fixed validation pairings (decides promotion)")
+    create_table_artifact(key=f"{key}-test", table=overall_rows(test["rows"]),
+                          description="evaluation on the fixed test pairings (reported only)")
 
 
 @flow(name="train-model", log_prints=True)
@@ -70,14 +79,22 @@ def train_model_flow(store: str = DEFAULT_STORE, run_dir: str = DEFAULT_RUN_DIR,
     """Train, evaluate, register (+ promote if better). Returns paths and small summaries."""
     summary = train_task(store, run_dir, config, mode, max_steps, overrides, nproc)
     evaluation = evaluate_task(store, run_dir, str(Path(run_dir) / "eval"), pairs_per_bin)
-    record_evaluation(run_dir, evaluation["metrics"])
-    result = {"run_dir": run_dir, "metrics": evaluation["metrics"], "evaluation_files": evaluation["files"]}
+    test = evaluate_task(store, run_dir, str(Path(run_dir) / "eval"), pairs_per_bin, split="test")
+    metrics = _registry_metrics(evaluation, test)
+    record_evaluation(run_dir, metrics)
+    result = {"run_dir": run_dir, "metrics": metrics, "evaluation_files": evaluation["files"],
+              "test_files": test["files"]}
     if add_to_registry:
-        entry = register_model(run_dir, metrics=evaluation["metrics"])
-        decision = promote_if_better(entry["name"])
+        entry = register_model(run_dir, metrics=metrics)
+        current = current_model()
+        current_value = None
+        if current is not None:  # re-measured on THIS store's validation pairs: stored scores come from other data
+            cur = evaluate_task(store, current, str(Path(run_dir) / "eval-current"), pairs_per_bin, baselines=False)
+            current_value = cur["metrics"][PRIMARY_METRIC]
+        decision = promote_if_better(entry["name"], current_value=current_value)
         print(decision.reason)
         result.update(model=entry["name"], promoted=decision.promoted, reason=decision.reason)
-    _train_artifacts(summary, evaluation, "train-model")
+    _train_artifacts(summary, evaluation, test, "train-model")
     return result
 
 
@@ -94,15 +111,16 @@ def retrain_model_flow(store: str = DEFAULT_STORE, out_root: str = "./demo_out/r
     run_dir = str(Path(out_root) / f"retrain-{stamp}")
     summary = train_task(store, run_dir, preset, None, max_steps, overrides, 1, init_from=str(base_dir))
     cand = evaluate_task(store, run_dir, str(Path(run_dir) / "eval"), pairs_per_bin)
+    cand_test = evaluate_task(store, run_dir, str(Path(run_dir) / "eval"), pairs_per_bin, split="test")
     cur = evaluate_task(store, str(base_dir), str(Path(run_dir) / "eval-current"), pairs_per_bin, baselines=False)
-    entry = register_model(run_dir, metrics=cand["metrics"])
+    entry = register_model(run_dir, metrics=_registry_metrics(cand, cand_test))
     decision = promote_if_better(entry["name"], current_value=cur["metrics"][PRIMARY_METRIC],
                                  min_improvement=min_improvement)
     print(decision.reason)
     create_markdown_artifact(key="retrain-model", markdown=(
         f"## retrain-model\n\nbase `{base_name}` fine-tuned {summary['steps']} steps on `{store}` -> `{entry['name']}`\n\n"
         f"**{'PROMOTED' if decision.promoted else 'KEPT ' + str(decision.current)}**: {decision.reason}\n"))
-    _train_artifacts(summary, cand, "retrain-model-run")
+    _train_artifacts(summary, cand, cand_test, "retrain-model-run")
     return {"run_dir": run_dir, "candidate": entry["name"], "base": base_name, "promoted": decision.promoted,
             "reason": decision.reason, "candidate_metrics": cand["metrics"], "current_metrics": cur["metrics"]}
 

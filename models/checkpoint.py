@@ -7,6 +7,7 @@ RUN_DIR layout::
                            data_version (the store's config hash), store, created, warnings
     checkpoints/last.pt    latest checkpoint (a hard link to / copy of the newest step file)
     checkpoints/step-N.pt  checkpoint after N generator steps (the newest few are kept)
+    checkpoints/best.pt    weights of the step with the best validation hole PSNR (model selection)
     metrics.json           training summary and evaluation metrics
     tb/                    TensorBoard scalars;  samples/  sample grids (PNG) and loss plots
 
@@ -128,6 +129,14 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any], *, step: int, keep: 
     for old in steps[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return step_path
+
+
+def save_best(run_dir: Path, payload: dict[str, Any], *, step: int) -> Path:
+    """``checkpoints/best.pt``: the weights (no optimiser state) of the best validation step so far."""
+    slim = {k: v for k, v in payload.items() if k not in ("optimizers", "rng", "rng_per_rank")}
+    path = Path(run_dir) / "checkpoints" / "best.pt"
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": int(step), **slim}, path)
+    return path
 
 
 def load_checkpoint(path: Path, *, architecture_hash: str | None = None, map_location="cpu") -> dict[str, Any]:

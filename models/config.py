@@ -77,6 +77,8 @@ class TrainConfig(BaseModel):
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="learning-rate decay over max_steps")
     lr_min_factor: float = Field(0.1, gt=0, le=1, description="cosine: final lr = lr x this factor")
     checkpoint_every: int = Field(1000, ge=1)
+    keep_best: bool = Field(True, description="keep checkpoints/best.pt: the step with the best validation hole PSNR "
+                            "(measured every schedule.mape_every steps)")
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(1000, ge=1)
     seed: int = 0
@@ -158,8 +160,27 @@ class ModelConfig(BaseModel):
         return cfg.model_copy(update={"name": "demo", "g2_residual_fill": True})
 
     @classmethod
+    def landsat_cpu(cls, **train) -> "ModelConfig":
+        """The shipped model's recipe, sized for 2 CPU cores (see models/weights/*/MODEL_CARD.md).
+
+        G1 is the method's (mask + known edges, two-stage adversarial + feature-matching + SSIM
+        losses); G2 starts from the harmonic prefill and predicts a residual in units of each
+        tile's known-pixel std (``g2_normalise``), trained on hole L1 in those units; G2's
+        adversarial weight is 0 and perceptual/style are off (no VGG19 weights offline): on
+        low-contrast Landsat they cost hole accuracy (see the card). 32 base channels, 4 residual
+        blocks, 8 x 128 px crops per step."""
+        train = {"mode": "joint", "max_steps": 20_000, "batch_size": 8, "crop_size": 128, "lr_g": 2e-4, "lr_d": 2e-5,
+                 "betas": (0.5, 0.999), "lr_schedule": "cosine", "lr_min_factor": 0.1, "checkpoint_every": 250,
+                 "log_every": 25, "sample_every": 1000, "amp_bf16": False, "channels_last": False, **train}
+        losses = LossConfig(inpaint_adv_weight=0.0, inpaint_l1_scaled=True, perceptual_weight=0.0, style_weight=0.0)
+        return cls(name="landsat-cpu", base_channels=32, residual_blocks=4, disc_channels=32,
+                   g2_residual_fill=True, g2_normalise=True, losses=losses,
+                   schedule=StageSchedule(mape_every=250, mape_patches=32, max_stage1_epochs=100),
+                   train=TrainConfig(**train))
+
+    @classmethod
     def preset(cls, name: str, **train) -> "ModelConfig":
-        presets = {"tiny": cls.tiny, "full": cls.full, "demo": cls.demo}
+        presets = {"tiny": cls.tiny, "full": cls.full, "demo": cls.demo, "landsat-cpu": cls.landsat_cpu}
         if name not in presets:
             raise ValueError(f"unknown model config preset {name!r}; choose one of {sorted(presets)}")
         return presets[name](**train)

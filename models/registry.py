@@ -1,6 +1,14 @@
-"""Model registry: ``data_catalog/models/`` (or ``$EDGEFILL_REGISTRY``).
+"""Model registry: the user's registry plus the read-only models shipped with edgefill.
 
-Layout::
+- **User registry**: ``$EDGEFILL_REGISTRY``, else ``<edgefill home>/registry`` where the home is
+  ``$EDGEFILL_HOME``, else ``$XDG_DATA_HOME/edgefill``, else ``~/.local/share/edgefill``: user runs
+  never land inside the source tree or the installed package.
+- **Shipped models**: ``models/weights/<name>/`` (config.json, checkpoints/last.pt with G1 and G2
+  in half precision, MODEL_CARD.md), listed in ``models/weights/index.json`` whose ``default``
+  is the model ``current`` means while the user registry has no current model of its own. They
+  are read-only: registering, training and promotion never write there.
+
+User registry layout::
 
     index.json      {"current": name | null, "models": {name: entry}, "history": [...]}
     <name>/         a self-contained run dir (config.json, checkpoints/last.pt with G1, G2,
@@ -12,7 +20,8 @@ store's ``attrs["config_hash"]``), ``metrics``, ``created``. Registering never m
 ``current``; only :func:`promote_if_better` / :func:`set_current` do.
 
 Primary metric for promotion: :data:`PRIMARY_METRIC` = ``hole_psnr`` (mean PSNR in dB over the
-hole region of the test split's fixed pairings; higher is better).
+hole region of the VALIDATION split's fixed pairings, through the deployment path; higher is
+better). Test metrics are stored beside it (``metrics["test"]``) and never decide.
 """
 from __future__ import annotations
 
@@ -28,14 +37,31 @@ from typing import Any
 from models.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, read_run_config, run_model_config
 from pipeline.atomic_io import atomic_write_json
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "data_catalog" / "models"
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 PRIMARY_METRIC = "hole_psnr"
 INDEX = "index.json"
 
 
+def edgefill_home() -> Path:
+    """Where edgefill keeps user state: ``$EDGEFILL_HOME``, ``$XDG_DATA_HOME/edgefill`` or
+    ``~/.local/share/edgefill``."""
+    if os.environ.get("EDGEFILL_HOME"):
+        return Path(os.environ["EDGEFILL_HOME"])
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "edgefill"
+
+
 def registry_dir() -> Path:
     env = os.environ.get("EDGEFILL_REGISTRY")
-    return Path(env) if env else DEFAULT_REGISTRY
+    return Path(env) if env else edgefill_home() / "registry"
+
+
+def shipped_index() -> dict[str, Any]:
+    """``models/weights/index.json``: ``{"default": name | null, "models": {name: entry}}``."""
+    path = SHIPPED_DIR / INDEX
+    if not path.is_file():
+        return {"default": None, "models": {}}
+    return json.loads(path.read_text())
 
 
 def load_index(root: Path | None = None) -> dict[str, Any]:
@@ -53,11 +79,17 @@ def _save_index(index: dict[str, Any], root: Path) -> None:
 
 
 def list_models(root: Path | None = None) -> list[str]:
-    return sorted(load_index(root)["models"])
+    """Names in the user registry and the shipped models."""
+    return sorted(set(load_index(root)["models"]) | set(shipped_index()["models"]))
 
 
 def current_model(root: Path | None = None) -> str | None:
-    return load_index(root).get("current")
+    """The user registry's current model, else the shipped default (None if neither)."""
+    return load_index(root).get("current") or shipped_index().get("default")
+
+
+def _entry(name: str, root: Path) -> dict[str, Any] | None:
+    return load_index(root)["models"].get(name) or shipped_index()["models"].get(name)
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
@@ -68,16 +100,19 @@ def resolve_model(name_or_path: str | Path) -> Path:
     if path.is_dir():
         return path
     root = registry_dir()
-    index = load_index(root)
+    index, shipped = load_index(root), shipped_index()
     name = str(name_or_path)
     if name == "current":
-        if not index.get("current"):
-            raise KeyError(f"registry {root} has no current model yet; known models: {sorted(index['models'])}")
-        name = index["current"]
-    if name not in index["models"]:
-        raise KeyError(f"unknown model {name!r} (not a directory, not in registry {root}); "
-                       f"known models: {sorted(index['models'])}")
-    return root / index["models"][name]["run_dir"]
+        name = current_model(root)
+        if not name:
+            raise KeyError(f"registry {root} has no current model and no model is shipped; "
+                           f"known models: {list_models(root)}")
+    if name in index["models"]:
+        return root / index["models"][name]["run_dir"]
+    if name in shipped["models"]:
+        return SHIPPED_DIR / shipped["models"][name]["run_dir"]
+    raise KeyError(f"unknown model {name!r} (not a directory, not in registry {root}, not shipped); "
+                   f"known models: {list_models(root)}")
 
 
 def register_model(run_dir: str | Path, *, metrics: dict[str, Any] | None = None, name: str | None = None,
@@ -98,8 +133,8 @@ def register_model(run_dir: str | Path, *, metrics: dict[str, Any] | None = None
             return entry
     version = 1 + sum(1 for e in index["models"].values() if e["config"].get("name") == cfg.name)
     name = name or f"{cfg.name}-v{version}"
-    if name in index["models"]:
-        raise ValueError(f"model {name!r} is already registered in {root}")
+    if name in index["models"] or name in shipped_index()["models"]:
+        raise ValueError(f"model {name!r} is already registered in {root} or shipped")
     if metrics is None:
         metrics_path = run_dir / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -127,9 +162,9 @@ def register_model(run_dir: str | Path, *, metrics: dict[str, Any] | None = None
 def set_current(name: str, reason: str, root: Path | None = None) -> None:
     root = root or registry_dir()
     index = load_index(root)
-    if name not in index["models"]:
-        raise KeyError(f"unknown model {name!r}; known models: {sorted(index['models'])}")
-    index["history"].append({"from": index.get("current"), "to": name, "reason": reason,
+    if _entry(name, root) is None:
+        raise KeyError(f"unknown model {name!r}; known models: {list_models(root)}")
+    index["history"].append({"from": current_model(root), "to": name, "reason": reason,
                              "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     index["current"] = name
     _save_index(index, root)
@@ -152,7 +187,7 @@ def promote_if_better(candidate: str, *, metric: str = PRIMARY_METRIC, higher_is
     """Move ``current`` to ``candidate`` only if it beats the current model on ``metric``
     (by more than ``min_improvement``); with no current model the candidate is promoted.
 
-    ``current_value``: the current model's score re-measured on the same test pairings as the
+    ``current_value``: the current model's score re-measured on the same validation pairings as the
     candidate (retraining does this); default = the value stored in its registry entry."""
     root = root or registry_dir()
     index = load_index(root)
@@ -161,8 +196,9 @@ def promote_if_better(candidate: str, *, metric: str = PRIMARY_METRIC, higher_is
     cand_value = index["models"][candidate]["metrics"].get(metric)
     if cand_value is None:
         raise ValueError(f"candidate {candidate!r} has no metric {metric!r}; metrics: {sorted(index['models'][candidate]['metrics'])}")
-    cur = index.get("current")
-    cur_value = (current_value if current_value is not None else index["models"][cur]["metrics"].get(metric)) if cur else None
+    cur = current_model(root)
+    cur_entry = _entry(cur, root) if cur else None
+    cur_value = current_value if current_value is not None else (cur_entry or {}).get("metrics", {}).get(metric)
     if cur is None or cur_value is None:
         reason = f"no current model with {metric}; promoting {candidate} ({metric}={cand_value:.4f})"
         promoted = True
@@ -179,5 +215,6 @@ def promote_if_better(candidate: str, *, metric: str = PRIMARY_METRIC, higher_is
                              None if cur_value is None else float(cur_value), reason)
 
 
-__all__ = ["CheckpointError", "PRIMARY_METRIC", "registry_dir", "resolve_model", "register_model", "set_current",
-           "promote_if_better", "PromotionDecision", "list_models", "current_model", "load_index"]
+__all__ = ["CheckpointError", "PRIMARY_METRIC", "SHIPPED_DIR", "edgefill_home", "registry_dir", "resolve_model",
+           "register_model", "set_current", "promote_if_better", "PromotionDecision", "list_models", "current_model",
+           "load_index", "shipped_index"]

@@ -104,10 +104,10 @@ def training_summary_markdown(summary: dict, metrics: dict, title: str) -> str:
     md = [f"## {title}: `{summary['run_dir']}`", "", "| | |", "|---|---|",
           f"| steps / epochs | {summary['steps']} / {summary['epochs']} |",
           f"| G1 loss stage | {summary['stage']} (switch at step {summary['stage_switch_step']}) |",
-          f"| held-out hole L1 start -> end | {summary['held_out_start'].get('hole_l1', float('nan')):.4f} -> "
+          f"| validation hole L1 start -> end | {summary['held_out_start'].get('hole_l1', float('nan')):.4f} -> "
           f"{summary['held_out_end'].get('hole_l1', float('nan')):.4f} |",
           f"| images/s | {summary['images_per_s']:.2f} on {summary['device']} x {summary['world_size']} |",
-          f"| {PRIMARY_METRIC} (test pairings) | {metrics[PRIMARY_METRIC]:.3f} dB |"]
+          f"| {PRIMARY_METRIC} (validation pairings, deployment path) | {metrics[PRIMARY_METRIC]:.3f} dB |"]
     md += [f"| warning | {w} |" for w in summary.get("warnings", [])]
     md += [""] + [f"![{Path(p).name}]({Path(p).resolve().as_uri()})" for p in images[-2:]]
     return "\n".join(md)

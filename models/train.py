@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from models.checkpoint import CheckpointError, load_checkpoint, read_run_config, save_checkpoint, write_run_config
+from models.checkpoint import (CheckpointError, load_checkpoint, read_run_config, save_best, save_checkpoint,
+                               write_run_config)
 from models.config import ModelConfig
 from models.data import batch_iterator, collate, epoch_batches
 from models.evaluate import ModelFill, score_pairs, validation_scores
@@ -209,6 +210,9 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
                     validation = validation_metrics(trainer, val_ds, val_keep, patch_size) if rank == 0 else {}
                     if t.mode != "inpaint":
                         trainer.maybe_switch_stage(validation.get("edge_mape"))
+                    if rank == 0 and t.keep_best and validation["hole_psnr"] > (st.best_value or float("-inf")):
+                        st.best_step, st.best_value = st.step, validation["hole_psnr"]
+                        save_best(run_dir, trainer.checkpoint_payload(), step=st.step)
                 if runlog is not None and st.step % t.log_every == 0:
                     logged = {**last_losses, **{f"val_{k}": v for k, v in validation.items()}}
                     runlog.log(st.step, logged, stage=st.stage, epoch=st.epoch)
@@ -293,7 +297,7 @@ def build_config(preset: str | dict = "tiny", *, mode: str | None = None, max_st
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0])
     p.add_argument("store", type=Path)
-    p.add_argument("--config", default="tiny", choices=["tiny", "full", "demo"])
+    p.add_argument("--config", default="tiny", choices=["tiny", "full", "demo", "landsat-cpu"])
     p.add_argument("--config-file", type=Path, help="a ModelConfig JSON (replaces --config's preset)")
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--mode", choices=["edge", "inpaint", "joint"])

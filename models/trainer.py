@@ -40,6 +40,8 @@ class TrainState:
     stage: int = 1
     stage_switch_step: int | None = None
     events: list[str] = field(default_factory=list)
+    best_step: int | None = None        # step of the best validation hole PSNR so far (checkpoints/best.pt)
+    best_value: float | None = None
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -255,6 +257,7 @@ class Trainer:
         rng_per_rank = rng_per_rank or [self.rng_state()]
         return {"architecture_hash": self.cfg.architecture_hash(), "epoch": st.epoch, "stage": st.stage,
                 "stage_switch_step": st.stage_switch_step, "events": list(st.events),
+                "best": {"step": st.best_step, "value": st.best_value},
                 "data_position": {"epoch": st.epoch, "batch": st.batch},
                 "models": {k: unwrap(v).state_dict() for k, v in self.nets.items()},
                 "optimizers": {k: o.state_dict() for k, o in self.opts.items()},
@@ -279,5 +282,7 @@ class Trainer:
         self.state.epoch, self.state.batch = int(pos.get("epoch", 0)), int(pos.get("batch", 0))
         self.state.stage_switch_step = ckpt.get("stage_switch_step")
         self.state.events = list(ckpt.get("events", []))
+        best = ckpt.get("best") or {}
+        self.state.best_step, self.state.best_value = best.get("step"), best.get("value")
         per_rank = ckpt.get("rng_per_rank") or []
         self.set_rng_state(per_rank[rank] if len(per_rank) == world else ckpt.get("rng", {}))

@@ -6,12 +6,14 @@ from pipeline.prepare import PrepareConfig
 
 
 def small_mask_config(seed: int = 0) -> MaskLibraryConfig:
+    """Every kind, split 60 / 20 / 20 into train / validation / test (5 irregular masks per
+    evaluation split: one per hole-ratio bin)."""
     return MaskLibraryConfig(seed=seed, kinds=[
-        MaskKindSpec(kind="qd_imd", count=0, bins=None), MaskKindSpec(kind="irregular", count=10),
-        MaskKindSpec(kind="slc_off", count=6, bins=list(RATIO_BINS[:3])),
-        MaskKindSpec(kind="slc_off_real", count=5), MaskKindSpec(kind="cloud", count=5),
-        MaskKindSpec(kind="nodata", count=4, bins=list(RATIO_BINS[:4]))])
+        MaskKindSpec(kind="qd_imd", count=0, bins=None), MaskKindSpec(kind="irregular", count=25),
+        MaskKindSpec(kind="slc_off", count=15, bins=list(RATIO_BINS[:3])),
+        MaskKindSpec(kind="slc_off_real", count=10), MaskKindSpec(kind="cloud", count=10),
+        MaskKindSpec(kind="nodata", count=10, bins=list(RATIO_BINS[:4]))])
 
 
 def small_prepare_config(seed: int = 0) -> PrepareConfig:
-    return PrepareConfig(masks=small_mask_config(seed), pairings=PairingConfig(seed=seed, test_pairs_per_bin=2))
+    return PrepareConfig(masks=small_mask_config(seed), pairings=PairingConfig(seed=seed, eval_pairs_per_bin=2))

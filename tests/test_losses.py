@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from models.config import ModelConfig
-from models.losses import (discriminator_loss, edge_mape, feature_matching_loss, gan_loss, hole_normalised_l1,
-                           structure_loss)
+from models.losses import (discriminator_loss, edge_mape, edge_mape_exact, feature_matching_loss, gan_loss,
+                           hole_normalised_l1, perceptual_and_style, structure_loss)
 from models.networks import Discriminator
 from models.trainer import Trainer
 from models.vgg import VGG19Features
@@ -19,9 +19,13 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_gan_objectives_hand_computed():
+    """L1 / L2 act on sigmoid(D) (EdgeConnect's lsgan form), BCE on the logits."""
     x = torch.tensor([0.5, -1.0])
-    assert gan_loss(x, True, "l1").item() == pytest.approx((0.5 + 2.0) / 2)
-    assert gan_loss(x, False, "l2").item() == pytest.approx((0.25 + 1.0) / 2)
+    s = [1 / (1 + math.exp(-0.5)), 1 / (1 + math.exp(1.0))]
+    assert gan_loss(x, True, "l1").item() == pytest.approx(((1 - s[0]) + (1 - s[1])) / 2, rel=1e-6)
+    assert gan_loss(x, False, "l2").item() == pytest.approx((s[0] ** 2 + s[1] ** 2) / 2, rel=1e-6)
+    # bounded: a discriminator cannot drive the L1/L2 objectives below 0 or above 1 by scaling its logits
+    assert 0 <= gan_loss(torch.tensor([1e4, -1e4]), True, "l2").item() <= 1
     bce_real = (math.log1p(math.exp(-0.5)) + math.log1p(math.exp(1.0))) / 2
     assert gan_loss(x, True, "bce").item() == pytest.approx(bce_real, rel=1e-6)
     with pytest.raises(ValueError, match="unknown GAN objective"):
@@ -34,7 +38,7 @@ def test_feature_matching_norms():
     assert feature_matching_loss(real, fake, "l2").item() == pytest.approx(4.0 + 0.25)
 
 
-def test_edge_mape_hand_computed_and_nan_free():
+def test_edge_mape_exact_hand_computed_and_nan_free():
     raw = torch.zeros(1, 1, 4, 4)
     raw[0, 0, 1, :] = 1          # 4 edge pixels, 2 of them in the hole
     mask = torch.zeros(1, 1, 4, 4)
@@ -43,11 +47,34 @@ def test_edge_mape_hand_computed_and_nan_free():
     gen[0, 0, 1, 0] = 0.5        # off by 0.5 in the hole
     gen[0, 0, 3, 1] = 1.0        # one hallucinated edge in the hole
     gen[0, 0, 3, 3] = 1.0        # outside the hole: ignored
-    assert edge_mape(gen, raw, mask).item() == pytest.approx((0.5 + 1.0) / 2)
-    assert edge_mape(raw, raw, mask).item() == 0
-    empty = edge_mape(gen, torch.zeros_like(raw), mask)   # no true edges in the hole
+    assert edge_mape_exact(gen, raw, mask).item() == pytest.approx((0.5 + 1.0) / 2)
+    assert edge_mape_exact(raw, raw, mask).item() == 0
+    empty = edge_mape_exact(gen, torch.zeros_like(raw), mask)   # no true edges in the hole
     # hole values of gen: 0.5 + 1.0 (true edge kept at (1, 1)) + 1.0 (hallucinated); denominator floored at 1
     assert torch.isfinite(empty) and empty.item() == pytest.approx(2.5)
+
+
+def _line_map(offset: int = 0) -> torch.Tensor:
+    edges = torch.zeros(1, 1, 64, 64)
+    for c in range(64):  # a diagonal-ish road and a straight field border
+        edges[0, 0, min(63, 10 + c // 2 + offset), c] = 1
+        edges[0, 0, 40 + offset, c] = 1
+    return edges
+
+
+def test_edge_mape_the_switch_reads_scores_good_maps_below_the_threshold():
+    raw, mask = _line_map(), torch.ones(1, 1, 64, 64)
+    shifted = _line_map(offset=1)
+    assert edge_mape(raw, raw, mask).item() == 0
+    assert edge_mape(shifted, raw, mask).item() == 0           # 1 px off: within the 2 px tolerance
+    assert edge_mape_exact(shifted, raw, mask).item() > 1.5   # the pixel-exact MAPE calls it a failure
+    assert edge_mape(torch.zeros_like(raw), raw, mask).item() == pytest.approx(1.0)   # empty map: all missed
+    partial = raw.clone()
+    partial[..., :, 56:] = 0                                     # 1 in 8 edge pixels lost (2 px found by tolerance)
+    assert 0.05 < edge_mape(partial, raw, mask).item() < 0.1
+    assert edge_mape(torch.ones_like(raw), raw, mask).item() > 5   # edges everywhere: heavily penalised
+    far = _line_map(offset=5)
+    assert edge_mape(far, raw, mask).item() > 1.5                # 5 px off is wrong
 
 
 def test_structure_loss_is_one_minus_ssim_and_never_nan():
@@ -88,7 +115,7 @@ def test_trainer_d1_update_uses_real_and_generated_samples():
     edges = (torch.rand(2, 1, 64, 64) > 0.85).float()
     mask = torch.zeros(2, 1, 64, 64)
     mask[..., 16:48, 16:48] = 1
-    trainer.edge_step(edges, mask)
+    trainer.edge_step(edges, edges * (1 - mask), mask)
     stepped = [p.grad.clone() for p in trainer.nets["d1"].parameters()]
 
     def grads(include_fake: bool):
@@ -124,7 +151,36 @@ def test_vgg19_layout_loads_torchvision_state_dict(tmp_path):
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., 8:24, 8:24] = 1
     scalars = trainer.inpaint_step(img, (torch.rand(1, 1, 32, 32) > 0.8).float(), mask)
-    assert scalars["g2_perceptual"] > 0 and scalars["g2_style"] >= 0
+    assert scalars["g2_perceptual"] > 0 and scalars["g2_style"] > 0
+
+
+def test_style_loss_compares_masked_images_and_perceptual_whole_images():
+    """EdgeConnect: style on output * M vs target * M; perceptual on the whole images."""
+    torch.manual_seed(0)
+    vgg = VGG19Features()
+    for p in vgg.parameters():
+        torch.nn.init.normal_(p, 0, 0.05)
+    target = torch.rand(1, 3, 32, 32)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    outside_only = target * mask + torch.rand(1, 3, 32, 32) * (1 - mask)   # differs only outside the hole
+    perc, style = perceptual_and_style(vgg, outside_only, target, mask)
+    assert style.item() == pytest.approx(0.0, abs=1e-9) and perc.item() > 0
+    inside = target * (1 - mask) + torch.rand(1, 3, 32, 32) * mask
+    assert perceptual_and_style(vgg, inside, target, mask)[1].item() > 0
+
+
+def test_cosine_learning_rate_decays_to_the_floor_and_resumes_from_the_step():
+    cfg = ModelConfig.tiny(max_steps=100, lr_schedule="cosine", lr_min_factor=0.1, lr_g=1e-3, lr_d=1e-4)
+    trainer = Trainer(cfg, torch.device("cpu"))
+    lrs = {}
+    for step in (0, 50, 100):
+        trainer.state.step = step
+        trainer.set_learning_rates()
+        lrs[step] = (trainer.opts["g1"].param_groups[0]["lr"], trainer.opts["d2"].param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx((1e-3, 1e-4))
+    assert lrs[50] == pytest.approx((0.55e-3, 0.55e-4))
+    assert lrs[100] == pytest.approx((1e-4, 1e-5))
 
 
 def test_without_vgg_weights_perceptual_and_style_are_off_with_a_warning(monkeypatch):

@@ -96,3 +96,24 @@ def test_residual_fill_g2_starts_at_the_smooth_fill_and_keeps_the_full_hash():
         out = g2(rgb * (1 - mask), edges, mask)
     expected = smooth_fill(rgb * (1 - mask), 1 - mask).clamp(1e-3, 1 - 1e-3)
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_outputs_are_float32_with_fine_levels_under_bf16_autocast(residual):
+    """A bf16 output head posterises (~150 levels over 0.05-0.35); the heads run in float32."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny().model_copy(update={"g2_residual_fill": residual, "g2_normalise": residual})
+    g1, g2 = EdgeGenerator(cfg).eval(), InpaintGenerator(cfg).eval()
+    if residual:  # a trained residual head is non-zero
+        torch.nn.init.normal_(g2.body[-1].weight, 0, 0.02)
+    y, x = torch.meshgrid(torch.linspace(0, 1, 128), torch.linspace(0, 1, 128), indexing="ij")
+    ramp = (0.05 + 0.3 * (0.6 * x + 0.4 * y)).expand(1, 3, 128, 128).contiguous()
+    mask = torch.zeros(1, 1, 128, 128)
+    mask[..., 32:96, 32:96] = 1
+    edges = torch.zeros(1, 1, 128, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        rgb = g2(ramp * (1 - mask), edges, mask)
+        prob = g1(edges, mask)
+    assert rgb.dtype == torch.float32 and prob.dtype == torch.float32
+    assert torch.unique(rgb[:, :, 32:96, 32:96]).numel() >= 4096
+    assert torch.unique(prob).numel() >= 4096

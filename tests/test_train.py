@@ -41,25 +41,80 @@ def test_short_real_run_learns_and_writes_the_run_dir(trained_run):
     assert not bundle.edge_generator.training and bundle.patch_size == 256
 
 
-def test_stage_switches_on_mape_and_persists(prepared_store, tmp_path):
-    cfg = tiny_cfg(mode="edge", max_steps=3, checkpoint_every=10)
+class _LossSpy:
+    """Records what the G1 losses and D1 receive, in call order (the losses' inputs, not flags)."""
+
+    def __init__(self, monkeypatch):
+        import models.trainer as tr
+        from models.networks import Discriminator
+
+        self.kinds, self.norms, self.d1_inputs, self.masks = [], [], [], []
+        gan, fm, forward = tr.gan_loss, tr.feature_matching_loss, Discriminator.forward
+        disc = tr.discriminator_loss
+
+        def gan_spy(logits, real, kind):
+            self.kinds.append(("G", kind))
+            return gan(logits, real, kind)
+
+        def disc_spy(d_real, d_fake, kind):
+            self.kinds.append(("D", kind))
+            return disc(d_real, d_fake, kind)
+
+        def fm_spy(real, fake, norm="l1"):
+            self.norms.append(norm)
+            return fm(real, fake, norm)
+
+        edge_step = tr.Trainer.edge_step
+
+        def edge_step_spy(trainer, edges, known, mask):
+            self.masks.append(mask.detach().clone())
+            return edge_step(trainer, edges, known, mask)
+
+        def forward_spy(d, x):
+            if self.masks and x.shape[1] == 1 and x.shape[0] == 2 * len(self.masks[-1]) and len(self.d1_inputs) < len(self.masks):
+                self.d1_inputs.append(x.detach().clone())  # D1's update forward: cat([real, fake])
+            return forward(d, x)
+
+        monkeypatch.setattr(tr, "gan_loss", gan_spy)
+        monkeypatch.setattr(tr, "discriminator_loss", disc_spy)
+        monkeypatch.setattr(tr, "feature_matching_loss", fm_spy)
+        monkeypatch.setattr(tr.Trainer, "edge_step", edge_step_spy)
+        monkeypatch.setattr(Discriminator, "forward", forward_spy)
+
+    def check_stages(self, switch_step: int, steps: int) -> None:
+        assert len(self.norms) == len(self.masks) == steps
+        assert self.kinds == [("D", "l1"), ("G", "l1")] * switch_step + [("D", "l2"), ("G", "l2")] * (steps - switch_step)
+        assert self.norms == ["l1"] * switch_step + ["l2"] * (steps - switch_step)
+        for step, (x, mask) in enumerate(zip(self.d1_inputs, self.masks), start=1):
+            outside = x * (1 - torch.cat([mask, mask]))
+            if step <= switch_step:   # stage 1: whole edge maps (true edges exist outside the hole)
+                assert outside[: len(mask)].sum() > 0, step
+            else:                     # stage 2: D1 sees edge * M and gen * M only
+                assert outside.abs().sum() == 0 and x.sum() > 0, step
+
+
+def test_stage_2_by_validation_mape_then_l2_terms_on_the_hole(prepared_store, tmp_path, monkeypatch):
+    spy = _LossSpy(monkeypatch)
+    cfg = tiny_cfg(mode="edge", max_steps=4, checkpoint_every=10)
     cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"mape_threshold": 1e9, "mape_every": 2})})
     summary = train(prepared_store, tmp_path / "run", cfg, progress=False)
     assert summary.stage == 2 and summary.stage_switch_step == 2
-    assert "held-out edge MAPE" in summary.events[0]
-    stages = [h["stage"] for h in read_history(tmp_path / "run")]
-    assert stages == [1, 2, 2]
+    assert "validation edge MAPE" in summary.events[0]
+    assert [h["stage"] for h in read_history(tmp_path / "run")] == [1, 2, 2, 2]
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert ckpt["stage"] == 2 and ckpt["stage_switch_step"] == 2
+    spy.check_stages(switch_step=2, steps=4)
 
 
-def test_stage_switches_at_max_epochs_when_mape_stays_high(prepared_store, tmp_path):
-    cfg = tiny_cfg(mode="edge", max_steps=6, batch_size=4, checkpoint_every=100)
+def test_stage_2_after_max_stage1_epochs_of_passes_over_the_images(prepared_store, tmp_path, monkeypatch):
+    spy = _LossSpy(monkeypatch)
+    cfg = tiny_cfg(mode="edge", max_steps=5, batch_size=2, checkpoint_every=100)
     cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"mape_threshold": 0.0, "mape_every": 1000,
                                                                               "max_stage1_epochs": 1})})
     summary = train(prepared_store, tmp_path / "run", cfg, progress=False)
-    # 20 train pairings / batch 4 = 5 batches per epoch: the switch happens after step 5
-    assert summary.stage == 2 and summary.stage_switch_step == 5 and "max_stage1_epochs=1" in summary.events[0]
+    # an epoch = one pass over the 5 train images: ceil(5 / 2) = 3 batches, so the switch follows step 3
+    assert summary.stage == 2 and summary.stage_switch_step == 3 and "max_stage1_epochs=1" in summary.events[0]
+    spy.check_stages(switch_step=3, steps=5)
 
 
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(prepared_store, tmp_path):

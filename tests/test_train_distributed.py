@@ -1,5 +1,6 @@
-"""Through the users' entry point (``python -m models.train`` / torchrun): exact resume after
-SIGKILL, and a 2-process gloo DDP run writing the same checkpoint format."""
+"""Through the users' entry points (``python -m models.train`` / torchrun): exact resume after
+SIGKILL for one process and for a 2-process gloo DDP run whose training set is not divisible by
+world x batch, and equal batches on every rank."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint, load_inference_bundle
-from models.ddp import launch_torchrun
+from models.data import batches_per_epoch, epoch_batches
+from models.ddp import launch_torchrun, torchrun_command
 from models.reporting import read_history
 from models.train import build_config, train
 
@@ -22,8 +24,9 @@ pytest_plugins = ["models_support"]  # fixtures registered once per session (not
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["--config", "tiny", "--mode", "joint", "--batch-size", "2", "--crop-size", "64",
-        "--set", "train.checkpoint_every=2", "--set", "train.log_every=1", "--set", "train.deterministic=true",
+        "--set", "train.checkpoint_every=1", "--set", "train.log_every=1", "--set", "train.deterministic=true",
         "--set", "schedule.mape_patches=2", "--set", "schedule.mape_every=3", "--set", "schedule.mape_threshold=1e9"]
+LOSSES = ("d1", "g1", "d2", "g2", "hole_l1", "edge_mape")
 
 
 def _env() -> dict:
@@ -36,50 +39,76 @@ def _cfg(max_steps: int):
                         overrides=[flags[i + 1] for i in range(0, len(flags), 2)])
 
 
-def test_exact_resume_after_sigkill(prepared_store, tmp_path):
-    steps = 14
-    reference = train(prepared_store, tmp_path / "ref", _cfg(steps), progress=False)
-    assert reference.stage == 2 and reference.stage_switch_step == 3
-    ref = {h["step"]: h for h in read_history(tmp_path / "ref")}
+def _kill_after(cmd: list[str], run: Path, step: int, timeout: float = 180) -> int:
+    """Start ``cmd`` in its own process group, SIGKILL the whole group once checkpoint ``step``
+    exists; returns the step of the checkpoint left behind."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while not (run / "checkpoints" / f"step-{step}.pt").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, f"no checkpoint {step} within {timeout} s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return load_checkpoint(run / "checkpoints" / "last.pt")["step"]
 
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "models.train", str(prepared_store), "--out", str(killed),
-                             "--max-steps", "100000", "--no-progress", *ARGS], cwd=ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step-4.pt").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    at_kill = load_checkpoint(killed / "checkpoints" / "last.pt")["step"]
-    assert 4 <= at_kill < steps
 
-    resumed = train(prepared_store, killed, _cfg(steps), progress=False)
-    assert resumed.steps == steps and resumed.stage == 2 and resumed.stage_switch_step == 3
-    hist = {h["step"]: h for h in read_history(killed)}
-    assert sorted(hist) == list(range(1, steps + 1))  # lines past the checkpoint were dropped, then rewritten
-    for step in range(at_kill + 1, steps + 1):
-        for key in ("d1", "g1", "d2", "g2", "hole_l1", "edge_mape"):
+def _assert_same_losses(run: Path, ref: dict, first: int, last: int) -> None:
+    hist = {h["step"]: h for h in read_history(run)}
+    assert sorted(hist) == list(range(1, last + 1))  # lines past the checkpoint were dropped, then rewritten
+    for step in range(first, last + 1):
+        for key in LOSSES:
             assert hist[step][key] == pytest.approx(ref[step][key], rel=1e-5, abs=1e-7), (step, key)
         assert hist[step]["stage"] == ref[step]["stage"]
 
 
-def test_two_process_torchrun_gloo(prepared_store, tmp_path):
-    run = tmp_path / "ddp"
-    proc = launch_torchrun(prepared_store, run, 2, ["--config", "tiny", "--mode", "joint", "--max-steps", "3",
-                                                    "--batch-size", "2", "--crop-size", "64"],
-                           threads_per_proc=1, timeout=240)
+def test_every_rank_trains_the_same_number_of_batches_and_an_epoch_visits_every_image():
+    n, batch, world = 62, 8, 4
+    per_rank = [epoch_batches(n, batch, 3, seed=0, rank=r, world=world) for r in range(world)]
+    assert {len(b) for b in per_rank} == {batches_per_epoch(n, batch, world)} == {2}   # not 2, 2, 1, 1
+    assert all(len(b) == batch for rank in per_rank for b in rank)
+    keys = [k for rank in per_rank for b in rank for k in b]
+    assert {k[2] for k in keys} == set(range(n))           # one epoch = one pass over the images
+    assert len({k[1] for k in keys}) == len(keys)           # every slot once: no sample drawn twice
+    assert epoch_batches(n, batch, 3, seed=0, rank=1, world=world) == per_rank[1]
+    assert epoch_batches(n, batch, 4, seed=0, rank=1, world=world) != per_rank[1]
+
+
+def test_exact_resume_after_sigkill(prepared_store, tmp_path):
+    steps = 8
+    reference = train(prepared_store, tmp_path / "ref", _cfg(steps), progress=False)
+    assert reference.stage == 2 and reference.stage_switch_step == 3
+    ref = {h["step"]: h for h in read_history(tmp_path / "ref")}
+    killed = tmp_path / "killed"
+    at_kill = _kill_after([sys.executable, "-m", "models.train", str(prepared_store), "--out", str(killed),
+                           "--max-steps", "100000", "--no-progress", *ARGS], killed, 4)
+    assert 4 <= at_kill < steps
+    resumed = train(prepared_store, killed, _cfg(steps), progress=False)
+    assert resumed.steps == steps and resumed.stage == 2 and resumed.stage_switch_step == 3
+    _assert_same_losses(killed, ref, at_kill + 1, steps)
+
+
+def test_two_process_gloo_run_resumes_mid_epoch_after_sigkill(prepared_store, tmp_path):
+    """5 train images, 2 ranks x batch 2: 2 batches per rank per epoch (padded), never 2 and 1."""
+    steps = 7
+    ref_run = tmp_path / "ddp-ref"
+    proc = launch_torchrun(prepared_store, ref_run, 2, [*ARGS, "--max-steps", str(steps)], threads_per_proc=1,
+                           timeout=240)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["world_size"] == 2 and summary["steps"] == 3 and summary["device"] == "cpu"
-    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ckpt["step"] == 3 and set(ckpt["models"]) == {"g1", "g2", "d1", "d2"}
+    assert summary["world_size"] == 2 and summary["steps"] == steps and summary["epochs"] == 3
+    ref = {h["step"]: h for h in read_history(ref_run)}
+    ckpt = load_checkpoint(ref_run / "checkpoints" / "last.pt")
     assert not any(k.startswith("module.") for k in ckpt["models"]["g1"])  # same format as 1 process
-    assert set(ckpt["optimizers"]) == {"g1", "g2", "d1", "d2"} and "data_position" in ckpt
-    per_rank = ckpt["rng_per_rank"]  # each rank resumes its own random stream (crops)
-    assert len(per_rank) == 2 and not torch.equal(per_rank[0]["crop"], per_rank[1]["crop"])
-    bundle = load_inference_bundle(run)
-    assert bundle.model_config.train.mode == "joint"
-    # 20 train pairings, 2 ranks x batch 2 -> 5 batches per epoch per rank: 3 steps stay in epoch 0
-    assert ckpt["data_position"] == {"epoch": 0, "batch": 3}
+    assert len(ckpt["rng_per_rank"]) == 2 and ckpt["data_position"] == {"epoch": 3, "batch": 1}
+    assert load_inference_bundle(ref_run).model_config.train.mode == "joint"
+
+    run = tmp_path / "ddp-killed"
+    cmd = torchrun_command(prepared_store, run, 2, [*ARGS, "--max-steps", "100000"])
+    at_kill = _kill_after(cmd, run, 3)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["data_position"]["batch"] % 2 == 1 or at_kill != 3
+    launch_torchrun(prepared_store, run, 2, [*ARGS, "--max-steps", str(steps)], threads_per_proc=1, timeout=240)
+    _assert_same_losses(run, ref, at_kill + 1, steps)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["stage_switch_step"] == ckpt["stage_switch_step"] == 3

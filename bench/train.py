@@ -25,7 +25,8 @@ def _batch(n: int, size: int, device: torch.device) -> dict:
     g = torch.Generator().manual_seed(0)
     mask = torch.zeros(n, 1, size, size)
     mask[..., size // 4: 3 * size // 4, size // 3: 2 * size // 3] = 1
-    return {"image": torch.rand(n, 3, size, size, generator=g), "edges": (torch.rand(n, 1, size, size, generator=g) > 0.9).float(),
+    edges = (torch.rand(n, 1, size, size, generator=g) > 0.9).float()
+    return {"image": torch.rand(n, 3, size, size, generator=g), "edges": edges, "known_edges": edges * (1 - mask),
             "mask": mask}
 
 

@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
         api_url: Optional[str] = typer.Option(None, "--api-url", help="Earth Engine endpoint override"),
         concurrency: Optional[int] = typer.Option(None, "--concurrency", help="concurrent requests (<= 40)"),
         dataset: Optional[str] = typer.Option(None, "--dataset", help="data_catalog/datasets/<name>.json (local)"),
+        stride: Optional[int] = typer.Option(None, "--stride", help="local: px between patch starts (default 256)"),
+        include_holdout: bool = typer.Option(False, "--include-holdout", help="local: also export holdout scenes (Everest) into test"),
     ) -> None:
         """Export real Landsat 256x256 patches into a sharded Zarr store (resumable)."""
         from pydantic import ValidationError
@@ -40,7 +42,8 @@ def register(app: typer.Typer) -> None:
             cfg = build_export_config(source, str(out), count, seed, project, str(key) if key else None,
                                       [str(a) for a in aoi] if aoi else None, None, shard_patches=shard_patches,
                                       start=start, end=end, product=product, high_volume=high_volume or None,
-                                      api_url=api_url, concurrency=concurrency, dataset=dataset)
+                                      api_url=api_url, concurrency=concurrency, dataset=dataset, stride=stride,
+                                      include_holdout=include_holdout or None)
             with Progress(TextColumn("export"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                           TimeElapsedColumn()) as bar:
                 task = bar.add_task("planning", total=None)

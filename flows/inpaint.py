@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from models.inpaint_scene import InpaintSceneConfig, default_output, inpaint_scene, output_paths
+from models.inpaint_scene import InpaintSceneConfig, OtherBands, default_output, inpaint_scene, output_paths
 from pipeline.scene_masks import MaskKind, MaskSource
 
 DEMO_OUT = Path("demo_out/everest")
@@ -25,16 +25,18 @@ DEMO_OUT = Path("demo_out/everest")
 def scene_config(input: str, output: str, model: str = "current", mask_kind: MaskKind = "nodata",
                  mask_path: str | None = None, qa_kind: str = "c2_qa_pixel", dilate: int = 0,
                  reproject_mask: bool = False, bands: list[int] | None = None, device: str = "cpu",
-                 batch_size: int | None = None) -> InpaintSceneConfig:
+                 batch_size: int | None = None, zero_is_nodata: bool = True,
+                 other_bands: OtherBands = "fill") -> InpaintSceneConfig:
     """Flat flow/CLI parameters -> :class:`InpaintSceneConfig` (validates them)."""
     mask = MaskSource(kind=mask_kind, path=mask_path, qa_kind=qa_kind, dilate=dilate, reproject=reproject_mask)
     return InpaintSceneConfig(input=input, output=output, model=model, mask=mask,
-                              bands=tuple(bands) if bands else None, device=device, batch_size=batch_size)
+                              bands=tuple(bands) if bands else None, device=device, batch_size=batch_size,
+                              zero_is_nodata=zero_is_nodata, other_bands=other_bands)
 
 
 @task(name="inpaint-scene-file")
 def inpaint_scene_task(cfg: InpaintSceneConfig) -> dict:
-    return inpaint_scene(cfg).model_dump(mode="json")
+    return inpaint_scene(cfg, on_note=lambda text: print(f"note: {text}")).model_dump(mode="json")
 
 
 @task(name="everest-demo")
@@ -48,8 +50,8 @@ def everest_demo_task(model: str, out_dir: str, device: str) -> dict:
 def inpaint_scene_flow(input: str | None = None, output: str | None = None, model: str = "current",
                        mask_kind: MaskKind = "nodata", mask_path: str | None = None,
                        qa_kind: str = "c2_qa_pixel", dilate: int = 0, reproject_mask: bool = False,
-                       bands: list[int] | None = None, device: str = "cpu",
-                       demo_out_dir: str = str(DEMO_OUT)) -> dict:
+                       bands: list[int] | None = None, device: str = "cpu", zero_is_nodata: bool = True,
+                       other_bands: OtherBands = "fill", demo_out_dir: str = str(DEMO_OUT)) -> dict:
     """Inpaint one scene (returns the summary: paths and counts). No ``input``: the Everest demo
     into ``demo_out_dir``."""
     if input is None:
@@ -58,25 +60,31 @@ def inpaint_scene_flow(input: str | None = None, output: str | None = None, mode
         return result
     if output is None:
         output = str(default_output(input))
-    cfg = scene_config(input, output, model, mask_kind, mask_path, qa_kind, dilate, reproject_mask, bands, device)
+    cfg = scene_config(input, output, model, mask_kind, mask_path, qa_kind, dilate, reproject_mask, bands, device,
+                       zero_is_nodata=zero_is_nodata, other_bands=other_bands)
     summary = inpaint_scene_task(cfg)
+    notes = "\n\n" + "\n".join(f"- note: {n}" for n in summary["notes"]) if summary["notes"] else ""
     create_markdown_artifact(
         key="inpaint-scene",
-        markdown=(f"## Inpainted `{Path(input).name}`\n\nmodel `{summary['model']}`, "
-                  f"{summary['filled_pixels']} px filled ({summary['filled_fraction']:.2%}), "
+        markdown=(f"## Inpainted `{Path(input).name}`\n\nmodel `{summary['model']}` on bands "
+                  f"{summary['model_bands']}, {summary['filled_pixels']} px filled ({summary['filled_fraction']:.2%}), "
                   f"{summary['tiles_run']}/{summary['tiles_total']} tiles through the model, "
-                  f"{summary['seconds']:.1f} s.\n\nCOG `{summary['output']}`, quicklook `{summary['quicklook']}`, "
-                  f"STAC `{summary['stac_item']}`"))
+                  f"{summary['seconds']:.1f} s. Other bands {summary['other_bands']}: "
+                  f"{summary['other_bands_handling']}. Holes: mask source `{summary['mask_source']}`; "
+                  f"nodata: {summary['nodata_rule']}.{notes}\n\nCOG `{summary['output']}`, "
+                  f"quicklook `{summary['quicklook']}`, STAC `{summary['stac_item']}`"))
     return summary
 
 
 @flow(name="inpaint-scenes", log_prints=True)
 def inpaint_scenes_flow(inputs: list[str], output_dir: str, model: str = "current", mask_kind: MaskKind = "nodata",
-                        dilate: int = 0, device: str = "cpu", deployment: str | None = None) -> list[dict]:
+                        dilate: int = 0, device: str = "cpu", deployment: str | None = None,
+                        zero_is_nodata: bool = True, other_bands: OtherBands = "fill") -> list[dict]:
     """One ``inpaint-scene`` flow run per scene. ``deployment`` (e.g. ``inpaint-scene/default``):
     submit each scene to that served deployment instead and wait for all of them."""
     jobs = [dict(input=str(p), output=str(default_output(p, output_dir)), model=model,
-                 mask_kind=mask_kind, dilate=dilate, device=device) for p in inputs]
+                 mask_kind=mask_kind, dilate=dilate, device=device, zero_is_nodata=zero_is_nodata,
+                 other_bands=other_bands) for p in inputs]
     if deployment is None:
         return [inpaint_scene_flow(**job) for job in jobs]
     from prefect.deployments import run_deployment

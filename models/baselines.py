@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from rasterio.fill import fillnodata
 
 INPAINT_RADIUS = 3.0
 BASELINES = ("telea", "ns", "gdal", "harmonic")
@@ -45,6 +44,8 @@ def navier_stokes(rgb01: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def gdal_fillnodata(rgb01: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    from rasterio.fill import fillnodata  # imported here: model code runs where rasterio is absent (GPU image)
+
     rgb01, mask = _check(rgb01, mask)
     valid = (~mask).astype(np.uint8)  # GDAL convention: 0 = nodata
     dist = float(np.hypot(*mask.shape))

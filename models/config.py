@@ -87,6 +87,7 @@ class TrainConfig(BaseModel):
     amp_bf16: bool = True
     channels_last: bool = True
     compile: bool = False
+    compile_backend: str = Field("inductor", description="torch.compile backend (the CPU dry run of the GPU check uses 'eager')")
     vgg19_weights: Path | None = Field(None, description="torchvision VGG19 ImageNet state dict (.pth); env EDGEFILL_VGG19_WEIGHTS")
 
     def resolved_vgg19_weights(self) -> Path | None:
@@ -147,17 +148,20 @@ class ModelConfig(BaseModel):
 
     @classmethod
     def demo(cls, **train) -> "ModelConfig":
-        """Tiny joint model, 16 x 64 px crops per step: ~3-5 minutes for the default steps on 2 CPU cores.
+        """The shipped recipe (:meth:`landsat_cpu`) at the tiny size, 16 x 64 px crops per step:
+        ~3-5 minutes for the default 300 steps on 2 CPU cores (the demo shows the pipeline; the
+        shipped model is what fills scenes).
 
         A few hundred CPU steps cannot teach a randomly initialised G2 even to reproduce the known
-        image (hole PSNR ~4 dB below GDAL FillNodata on the demo store), so the demo's G2 starts at
-        a harmonic smooth fill and learns a residual (``g2_residual_fill``, see
-        :mod:`models.networks`); G1, the losses and their weights are the method's. 16 x 64 px
-        instead of 4 x 128 px (same pixels per step) lowers the gradient noise of such short runs."""
+        image (hole PSNR ~4 dB below GDAL FillNodata), so G2 starts at the harmonic prefill and
+        learns a normalised residual (``g2_residual_fill``, ``g2_normalise``); G1 and its losses are
+        the method's. 16 x 64 px instead of 4 x 128 px (same pixels per step) lowers the gradient
+        noise of such short runs."""
         train = {"mode": "joint", "max_steps": 300, "batch_size": 16, "crop_size": 64, "checkpoint_every": 100,
-                 "sample_every": 100, **train}
+                 "sample_every": 100, "betas": (0.5, 0.999), "lr_g": 2e-4, "lr_d": 2e-5, **train}
         cfg = cls.tiny(**train)
-        return cfg.model_copy(update={"name": "demo", "g2_residual_fill": True})
+        losses = cfg.losses.model_copy(update={"inpaint_adv_weight": 0.0, "inpaint_l1_scaled": True})
+        return cfg.model_copy(update={"name": "demo", "g2_residual_fill": True, "g2_normalise": True, "losses": losses})
 
     @classmethod
     def landsat_cpu(cls, **train) -> "ModelConfig":

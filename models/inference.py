@@ -13,6 +13,9 @@ Engine (:func:`inpaint_strips`)
   hole pixel is therefore ``(sum_i w(y - r_i)) (sum_j w(x - c_j))`` and no weight raster is kept.
 - Strips are emitted top to bottom as soon as no later tile can touch their rows, so memory is
   O(tile x scene width), independent of the scene's height (see bench/inpaint.py).
+- Within a strip, the inputs of every batch (conversion, known edges) are prepared on
+  ``TilingConfig.prepare_threads`` background threads, in order, so Canny of the next batches
+  runs while the model fills the current one (OpenCV and a GPU model both release the GIL).
 - Compositing (in the caller's dtype) keeps every non-hole pixel's stored value bit-for-bit.
 
 ``fill_fn(images01 (N,3,t,t), mask (N,1,t,t), edges (N,1,t,t)) -> (N,3,t,t)`` float32 arrays in
@@ -22,6 +25,7 @@ Engine (:func:`inpaint_strips`)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -44,6 +48,8 @@ class TilingConfig(BaseModel):
     tile: int = Field(256, ge=16)
     overlap: int = Field(32, ge=0)
     batch_size: int = Field(4, ge=1)
+    prepare_threads: int = Field(1, ge=1, description="threads preparing the next batches' inputs (Canny) "
+                                 "while the model runs on the current one")
 
     @model_validator(mode="after")
     def _check(self) -> "TilingConfig":
@@ -135,6 +141,24 @@ def inpaint_strips(read_strip: StripReader, height: int, width: int, fill_fn: Fi
     wy, wx = coverage_weight(hv, t, rows, w1), coverage_weight(wv, t, cols, w1)
     stats.tiles_total += len(rows) * len(cols)
     acc = np.zeros((3, t, wv), np.float32)  # blended sum for rows [r, r + t) of the current strip
+    with ThreadPoolExecutor(max_workers=tiling.prepare_threads) as pool:
+        yield from _strips(read_strip, height, width, fill_fn, to_unit, edge_params, tiling, stats, rows, cols, wv,
+                           w2, wy, wx, acc, pool)
+
+
+def _batch_inputs(s_p: np.ndarray, u_p: np.ndarray, batch: list[int], t: int, to_unit: ToUnit,
+                  edge_params: EdgeParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(masked images01, masks, known edges) of the tiles starting at columns ``batch``."""
+    imgs = np.stack([to_unit(s_p[:, :, c:c + t]) for c in batch]).astype(np.float32)
+    masks = np.stack([u_p[None, :, c:c + t] for c in batch]).astype(np.float32)
+    imgs *= 1.0 - masks
+    edges = np.stack([known_edges(img, m[0] > 0.5, edge_params)[None] for img, m in zip(imgs, masks)]).astype(np.float32)
+    return imgs, masks, edges
+
+
+def _strips(read_strip, height, width, fill_fn, to_unit, edge_params, tiling, stats, rows, cols, wv, w2, wy, wx,
+            acc, pool) -> Iterator[StripResult]:
+    t = tiling.tile
     for i, r in enumerate(rows):
         r_end = min(r + t, height)
         stored, hole, unknown = read_strip(r, r_end)
@@ -144,13 +168,11 @@ def inpaint_strips(read_strip: StripReader, height: int, width: int, fill_fn: Fi
         todo = [c for c in cols if h_p[:, c:c + t].any()]
         stats.tiles_run += len(todo)
         stats.hole_pixels += int(hole[: (rows[i + 1] - r) if i + 1 < len(rows) else None].sum())
-        for b in range(0, len(todo), tiling.batch_size):
-            batch = todo[b:b + tiling.batch_size]
-            imgs = np.stack([to_unit(s_p[:, :, c:c + t]) for c in batch]).astype(np.float32)
-            masks = np.stack([u_p[None, :, c:c + t] for c in batch]).astype(np.float32)
-            imgs *= 1.0 - masks
-            edges = np.stack([known_edges(img, m[0] > 0.5, edge_params)[None]
-                              for img, m in zip(imgs, masks)]).astype(np.float32)
+        batches = [todo[b:b + tiling.batch_size] for b in range(0, len(todo), tiling.batch_size)]
+        # the inputs (conversion, known edges) of later batches are prepared while the model runs
+        prepared = [pool.submit(_batch_inputs, s_p, u_p, batch, t, to_unit, edge_params) for batch in batches]
+        for batch, future in zip(batches, prepared):
+            imgs, masks, edges = future.result()
             out = np.asarray(fill_fn(imgs, masks, edges), dtype=np.float32)
             if out.shape != imgs.shape:
                 raise ValueError(f"fill_fn returned shape {out.shape}, expected {imgs.shape}")

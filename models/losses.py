@@ -12,10 +12,10 @@ Edge MAPE (what the stage switch reads) is tolerant to localisation, see :func:`
 """
 from __future__ import annotations
 
-import kornia
 import torch
 import torch.nn.functional as F
 
+from models.metrics import ssim_map_torch
 from models.vgg import VGG19Features
 
 
@@ -48,10 +48,10 @@ def feature_matching_loss(real_feats: list[torch.Tensor], fake_feats: list[torch
 
 
 def structure_loss(edge_gen: torch.Tensor, edge_raw: torch.Tensor, mask: torch.Tensor, window: int = 11) -> torch.Tensor:
-    """``1 - SSIM(edge_raw * M, edge_gen * M)`` (kornia, Gaussian window ``window`` px,
-    sigma 1.5, data range 1). In [0, 2]; never NaN (unlike ``-log SSIM``)."""
-    ssim = kornia.metrics.ssim(edge_raw * mask, edge_gen * mask, window, max_val=1.0)
-    return 1.0 - ssim.mean()
+    """``1 - SSIM(edge_raw * M, edge_gen * M)`` (the project's one SSIM,
+    :func:`models.metrics.ssim_map_torch`: Gaussian window ``window`` px, sigma 1.5, data range 1).
+    In [0, 2]; never NaN (unlike ``-log SSIM``)."""
+    return 1.0 - ssim_map_torch(edge_gen * mask, edge_raw * mask, window=window).mean()
 
 
 #: Localisation tolerance of :func:`edge_mape`, px (Canny's smoothing sigma: edges of a [0, 1]

@@ -3,10 +3,12 @@
 - PSNR (dB) with data range 1: ``10 log10(1 / MSE)``, MSE over the region's pixels and all
   channels; MSE is floored at 1e-10, so PSNR is capped at 100 dB (identical images).
 - SSIM: Wang et al. 2004 with data_range 1, Gaussian window sigma 1.5 on an 11x11 support,
-  K1 0.01, K2 0.03, population covariance, reflect padding - exactly scikit-image's
-  ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-  data_range=1, full=True)`` map (tests/test_evaluate.py checks it), computed with OpenCV's
-  Gaussian blur (~10x faster). The per-pixel map (mean over channels) is averaged over the region.
+  K1 0.01, K2 0.03, population covariance, symmetric (half-sample) padding - exactly
+  scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=1, full=True)`` map (tests/test_evaluate.py checks it).
+  :func:`ssim_map_torch` is THE implementation (differentiable: G1's structural loss uses it
+  too); :func:`ssim_map` is its numpy face. The per-pixel map (mean over channels) is averaged
+  over the region.
 - L1: mean absolute difference over the region's pixels and all channels.
 - "hole" = the pixels with mask 1 comparing the raw output with the truth; "composite" = the
   whole image, output pasted into the hole (``truth * (1 - M) + output * M``).
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 PSNR_CAP_DB = 100.0
@@ -47,22 +48,47 @@ def l1(pred: np.ndarray, truth: np.ndarray, region: np.ndarray | None = None) ->
     return float(np.mean(np.abs(pred.astype(np.float64) - truth.astype(np.float64))[..., reg]))
 
 
-def ssim_map(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(H, W) SSIM map (mean over channels) of two (C, H, W) images in [0, 1]."""
-    x = np.moveaxis(np.asarray(truth, np.float64), 0, -1)
-    y = np.moveaxis(np.asarray(pred, np.float64), 0, -1)
-    if min(x.shape[:2]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} px, got {x.shape[:2]}")
+def _gaussian_1d(window: int, sigma: float, dtype, device):
+    import torch
 
-    def blur(a: np.ndarray) -> np.ndarray:
-        out = cv2.GaussianBlur(a, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
-        return out.reshape(a.shape)
+    x = torch.arange(window, dtype=dtype, device=device) - (window - 1) / 2
+    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
 
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    mx, my = blur(x), blur(y)
-    vx, vy, cov = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+
+def _blur(x, g):
+    """Separable Gaussian of (N, C, H, W) with symmetric (half-sample) padding."""
+    import torch
+    import torch.nn.functional as F
+
+    r = (len(g) - 1) // 2
+    x = torch.cat([x[..., :, :r].flip(-1), x, x[..., :, -r:].flip(-1)], dim=-1)
+    x = torch.cat([x[..., :r, :].flip(-2), x, x[..., -r:, :].flip(-2)], dim=-2)
+    c = x.shape[1]
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def ssim_map_torch(pred, truth, *, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, data_range: float = 1.0):
+    """(N, 1, H, W) SSIM map (mean over channels) of two (N, C, H, W) tensors; differentiable."""
+    if min(pred.shape[-2:]) < window:
+        raise ValueError(f"SSIM needs images of at least {window}x{window} px, got {tuple(pred.shape[-2:])}")
+    g = _gaussian_1d(window, sigma, pred.dtype, pred.device)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = _blur(truth, g), _blur(pred, g)
+    vx, vy = _blur(truth * truth, g) - mx * mx, _blur(pred * pred, g) - my * my
+    cov = _blur(truth * pred, g) - mx * my
     s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.mean(axis=-1)
+    return s.mean(dim=1, keepdim=True)
+
+
+def ssim_map(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(H, W) SSIM map (mean over channels) of two (C, H, W) images in [0, 1] (float64)."""
+    import torch
+
+    p = torch.from_numpy(np.asarray(pred, np.float64))[None]
+    t = torch.from_numpy(np.asarray(truth, np.float64))[None]
+    return ssim_map_torch(p, t)[0, 0].numpy()
 
 
 def ssim(pred: np.ndarray, truth: np.ndarray, region: np.ndarray | None = None) -> float:

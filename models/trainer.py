@@ -72,7 +72,7 @@ class Trainer:
             ids = [local_rank] if device.type == "cuda" else None
             self.run = {k: DDP(v, device_ids=ids) for k, v in nets.items()}
         if t.compile:
-            self.run = {k: torch.compile(v) for k, v in self.run.items()}
+            self.run = {k: torch.compile(v, backend=t.compile_backend) for k, v in self.run.items()}
         self.amp = t.amp_bf16 and device.type == "cuda"
         self.vgg: VGG19Features | None = None
         self.warnings: list[str] = []

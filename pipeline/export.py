@@ -3,11 +3,14 @@
 Algorithm (deterministic from the config):
 
 1. The source plans a candidate stream (:mod:`pipeline.sampling`: stratified round-robin over
-   AOIs/scenes, each shuffled from the seed). The plan is saved inside the store
-   (``export_plan``, one JSON request per candidate) so a resume never re-plans.
-2. Shard ``k`` = candidates ``[k*S, (k+1)*S)``. A shard job fetches its candidates (concurrently
-   where the source allows), writes every per-patch array for that slice (skipped candidates:
-   ``valid`` False + ``skip_reason``), and only then sets ``export_done[k] = 1``.
+   AOIs/scenes by block, each stratum's blocks shuffled from the seed; Earth Engine blocks hold
+   ``block_shape`` adjacent cells, a divisor of ``S`` by default, so shards hold whole blocks).
+   The plan is saved inside the store (``export_plan``, one JSON request per candidate) so a
+   resume never re-plans.
+2. Shard ``k`` = candidates ``[k*S, (k+1)*S)``. A shard job fetches its candidates (one request
+   per block, concurrently where the source allows), writes every per-patch array for that slice
+   (skipped candidates: ``valid`` False + ``skip_reason``; ``images`` as one whole-shard write),
+   and only then sets ``export_done[k] = 1``: a block is written whole or redone.
 3. Shards run ``max_shards_in_flight`` at a time. The export ends at the first shard ``K`` whose
    done-prefix holds ``>= target`` valid patches (or when candidates are exhausted); arrays are
    then trimmed to those ``K`` shards, so an interrupted + resumed export equals an uninterrupted
@@ -29,13 +32,17 @@ from typing import Any, Callable
 import numpy as np
 import zarr
 from pydantic import BaseModel
+from zarr.codecs import BloscCodec
 
 from pipeline.export_config import ExportConfig, ExportError
-from pipeline.sampling import interleave
+from pipeline.sampling import flatten_blocks
+from pipeline.shard_io import write_shard as write_shard_file
 from pipeline.sources.base import PatchRequest, PatchSource, SourceError
 from pipeline.store import PER_PATCH_ARRAYS, StoreError, config_hash, create_store, open_store
 
-SHARD_DELAY_ENV = "EDGEFILL_EXPORT_SHARD_DELAY_S"  # test hook: seconds to sleep inside each shard job
+#: Test hook: ``"K"`` or ``"K:images"`` - every shard job ``k >= K`` stops (until killed) after fetching,
+#: before writing anything (``"K"``), or right after writing its ``images`` shard (``"K:images"``).
+HOLD_ENV = "EDGEFILL_EXPORT_HOLD"
 EXPORT_ARRAYS = PER_PATCH_ARRAYS + ("skip_reason",)
 
 
@@ -83,9 +90,7 @@ def build_source(config: ExportConfig, **kwargs: Any) -> PatchSource:
 
 def plan_candidates(source: PatchSource) -> list[PatchRequest]:
     """The deterministic candidate stream (see module docstring)."""
-    strata = source.strata()  # type: ignore[attr-defined]
-    seed = source.config.seed  # type: ignore[attr-defined]
-    return interleave(strata, seed)
+    return flatten_blocks(source.strata(), source.config.seed)
 
 
 # -- store lifecycle --------------------------------------------------------------------------
@@ -95,6 +100,17 @@ def _initial_size(config: ExportConfig, n_candidates: int) -> int:
     if config.target is None:
         return n_candidates
     return min(n_candidates, -(-int(config.target * 1.25) // s) * s)
+
+
+def _fast_images_codec(group: zarr.Group) -> None:
+    """Recreate the (still empty) ``images`` array with Blosc-LZ4 + bit-shuffle instead of zstd, same
+    layout: ~6x cheaper to write (zstd was the export's largest CPU cost, ~3 ms a 256 x 256 uint16
+    patch) and ~2x cheaper to read, for ~40 % more bytes."""
+    images = group["images"]
+    group.create_array("images", shape=images.shape, dtype=images.dtype, chunks=images.chunks, shards=images.shards,
+                       fill_value=0, overwrite=True,
+                       compressors=BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle",
+                                              typesize=np.dtype(images.dtype).itemsize))
 
 
 def create_export_store(config: ExportConfig, source: PatchSource, candidates: list[PatchRequest]) -> zarr.Group:
@@ -110,6 +126,7 @@ def create_export_store(config: ExportConfig, source: PatchSource, candidates: l
                              shard_patches=config.shard_patches, bands=source.bands, radiometry=source.radiometry,
                              source=source.name, export_config=data_config)
         s = config.shard_patches
+        _fast_images_codec(group)
         group.create_array("skip_reason", shape=group["valid"].shape, dtype=str, chunks=(s,), fill_value="")
         plan = group.create_array("export_plan", shape=(len(candidates),), dtype=str,
                                   chunks=(min(max(len(candidates), 1), 8192),), fill_value="")
@@ -161,33 +178,51 @@ def prepare_export(config: ExportConfig, source: PatchSource | None = None) -> t
 
 # -- shards ---------------------------------------------------------------------------------
 
-def write_shard(store: str | Path, shard: int, candidates: list[PatchRequest], source: PatchSource) -> ShardResult:
-    """Fetch and write shard ``shard`` (whole-shard writes), then mark it done. Idempotent."""
+def _hold(shard: int, stage: str) -> None:
+    """The :data:`HOLD_ENV` test hook (a no-op unless it is set)."""
+    spec = os.environ.get(HOLD_ENV)
+    if spec:
+        first, _, at = spec.partition(":")
+        if shard >= int(first) and (at or "fetched") == stage:
+            while True:
+                time.sleep(60)
+
+
+def export_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
+    """Handles on every per-patch array and ``export_done`` (opened once: each open reads metadata)."""
+    return {name: group[name] for name in EXPORT_ARRAYS + ("export_done",)}
+
+
+def write_shard(store: str | Path, shard: int, candidates: list[PatchRequest], source: PatchSource,
+                arrays: dict[str, zarr.Array] | None = None) -> ShardResult:
+    """Fetch and write shard ``shard`` (whole-shard writes), then mark it done. Idempotent.
+    ``arrays``: open handles (:func:`export_arrays`) covering the shard's rows; else opened here."""
     t0 = time.perf_counter()
-    group = zarr.open_group(str(store), mode="r+", zarr_format=3)
-    s = group.attrs["shard_patches"]
+    if arrays is None:
+        arrays = export_arrays(zarr.open_group(str(store), mode="r+", zarr_format=3))
+    images = arrays["images"]
+    s, p = images.shards[0], images.shape[-1]
     lo = shard * s
     patches = source.fetch_many(candidates)
-    delay = float(os.environ.get(SHARD_DELAY_ENV, "0") or 0)
-    if delay:
-        time.sleep(delay)
-    n, p = len(patches), group.attrs["patch_size"]
-    images = np.zeros((n, 3, p, p), dtype=group["images"].dtype)
+    _hold(shard, "fetched")
+    n = len(patches)
+    pixels = np.zeros((n, 3, p, p), dtype=images.dtype)
     for i, patch in enumerate(patches):
         if patch.pixels is not None:
-            images[i] = patch.pixels
+            pixels[i] = patch.pixels
+    write_shard_file(images, shard, pixels)
+    _hold(shard, "images")
     reqs = [patch.request for patch in patches]
     sl = slice(lo, lo + n)
-    group["images"][sl] = images
-    group["transform"][sl] = np.array([r.transform for r in reqs], dtype=np.float64)
-    group["epsg"][sl] = np.array([r.epsg for r in reqs], dtype=np.int32)
-    group["scene_id"][sl] = np.array([r.scene_id for r in reqs])
-    group["acquired"][sl] = np.array([r.acquired for r in reqs])
-    group["sensor"][sl] = np.array([r.sensor for r in reqs])
-    group["split"][sl] = np.array([r.split for r in reqs])
-    group["skip_reason"][sl] = np.array([patch.skip or "" for patch in patches])
-    group["valid"][sl] = np.array([patch.skip is None for patch in patches])
-    group["export_done"][shard] = 1  # last: the shard counts only once every array is written
+    arrays["transform"][sl] = np.array([r.transform for r in reqs], dtype=np.float64)
+    arrays["epsg"][sl] = np.array([r.epsg for r in reqs], dtype=np.int32)
+    arrays["scene_id"][sl] = np.array([r.scene_id for r in reqs])
+    arrays["acquired"][sl] = np.array([r.acquired for r in reqs])
+    arrays["sensor"][sl] = np.array([r.sensor for r in reqs])
+    arrays["split"][sl] = np.array([r.split for r in reqs])
+    arrays["skip_reason"][sl] = np.array([patch.skip or "" for patch in patches])
+    arrays["valid"][sl] = np.array([patch.skip is None for patch in patches])
+    arrays["export_done"][shard] = 1  # last: the shard counts only once every array is written
     skipped: dict[str, int] = {}
     for patch in patches:
         if patch.skip:
@@ -196,16 +231,17 @@ def write_shard(store: str | Path, shard: int, candidates: list[PatchRequest], s
                        skipped=skipped, seconds=time.perf_counter() - t0)
 
 
-def _ensure_size(group: zarr.Group, n: int) -> None:
-    """Grow every per-patch array to ``n`` rows (and the shard record); safe after a kill mid-grow
-    (each array is checked on its own, unlike :func:`pipeline.store.grow_store` which looks at images only)."""
-    s = group.attrs["shard_patches"]
+def _ensure_size(arrays: dict[str, zarr.Array], n: int) -> None:
+    """Grow every per-patch array to ``n`` rows (and the shard record) through the open handles (their
+    shapes are known: no I/O unless one grows); safe after a kill mid-grow (each array is checked on
+    its own, unlike :func:`pipeline.store.grow_store` which looks at images only)."""
+    s = arrays["images"].shards[0]
     for name in EXPORT_ARRAYS:
-        arr = group[name]
+        arr = arrays[name]
         if arr.shape[0] < n:
             arr.resize((n, *arr.shape[1:]))
-    if group["export_done"].shape[0] < -(-n // s):
-        group["export_done"].resize((-(-n // s),))
+    if arrays["export_done"].shape[0] < -(-n // s):
+        arrays["export_done"].resize((-(-n // s),))
 
 
 def _final_shards(done: np.ndarray, valid_per_shard: dict[int, int], n_shards: int, target: int | None) -> int | None:
@@ -221,6 +257,16 @@ def _final_shards(done: np.ndarray, valid_per_shard: dict[int, int], n_shards: i
 
 
 ShardRunner = Callable[[int, list[PatchRequest]], ShardResult]
+
+
+def shards_in_flight(config: ExportConfig) -> int:
+    """Shard jobs run at once: local 2; Earth Engine enough to keep ``concurrency`` requests on the
+    wire (a shard of S patches makes ``ceil(S / block patches)`` requests) plus 2 decoding/writing."""
+    if config.source == "local":
+        return 2
+    rows, cols = config.block_shape
+    requests_per_shard = -(-config.shard_patches // (rows * cols))
+    return max(2, -(-config.concurrency // requests_per_shard) + 2)
 
 
 def export_landsat(config: ExportConfig, *, source: PatchSource | None = None,
@@ -249,11 +295,11 @@ def export_landsat(config: ExportConfig, *, source: PatchSource | None = None,
     valid_arr = group["valid"][:]
     valid_per_shard = {k: int(valid_arr[k * s:(k + 1) * s].sum()) for k in np.flatnonzero(done)}
     target = config.target
+    arrays = export_arrays(group)
     if run_shard is None:
         def run_shard(k: int, cands: list[PatchRequest]) -> ShardResult:
-            return write_shard(out, k, cands, source)
-    # Earth Engine: enough shards in flight to keep ``concurrency`` requests busy; local: 2
-    width = max_shards_in_flight or (2 if config.source == "local" else max(2, -(-2 * config.concurrency // s) + 1))
+            return write_shard(out, k, cands, source, arrays)
+    width = max_shards_in_flight or shards_in_flight(config)
     failures: list[str] = list(group.attrs.get("export_failures", []))[-20:]
     written_now = 0
     in_flight: dict[Future, int] = {}
@@ -266,7 +312,7 @@ def export_landsat(config: ExportConfig, *, source: PatchSource | None = None,
                 break
             while pending and len(in_flight) < width:
                 k = pending.pop(0)
-                _ensure_size(group, min(len(candidates), max((k + width + 1) * s, group["images"].shape[0])))
+                _ensure_size(arrays, min(len(candidates), max((k + width + 1) * s, arrays["images"].shape[0])))
                 ctx = contextvars.copy_context()
                 in_flight[pool.submit(ctx.run, run_shard, k, candidates[k * s:(k + 1) * s])] = k
             if not in_flight:

@@ -20,6 +20,13 @@ TOA_COLLECTION = "LANDSAT/LE07/C02/T1_TOA"
 SR_COLLECTION = "LANDSAT/LE07/C02/T1_L2"
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 SLC_FAILURE_DATE = "2003-05-31"
+#: computePixels refuses a request whose pixels exceed 48 MiB ("Total request size (N bytes) must be less
+#: than or equal to 50331648 bytes."); Earth Engine counts width x height x sum over bands of (itemsize + 1),
+#: the + 1 being each band's mask byte.
+EE_MAX_REQUEST_BYTES = 48 * 2**20
+#: Bytes per pixel of each band as requested: B3/B2/B1 as uint16 (TOA scaled x 10^4 by Earth Engine, SR
+#: as stored), QA_PIXEL uint16.
+BAND_ITEMSIZE = {"toa": 2, "sr": 2, "QA_PIXEL": 2}
 
 
 class ExportError(ValueError):
@@ -58,6 +65,12 @@ class ExportConfig(BaseModel):
     validation_fraction: float = Field(1 / 6, ge=0.0, le=1.0, description="share of AOIs without a 'split' property sent to validation")
     concurrency: int = Field(32, ge=1, le=40, description="concurrent computePixels requests (GEE allows 40)")
     max_requests_per_s: float = Field(90.0, gt=0.0, le=100.0, description="request rate cap (GEE: 100/s per project)")
+    block_patches: tuple[int, int] | None = Field(
+        None, description="(rows, cols) of adjacent patches fetched by one computePixels request; None = the largest "
+        "block whose patch count divides shard_patches and whose request stays under 48 MiB; (1, 1) = one patch per "
+        "request (sparse sampling)")
+    file_format: Literal["NUMPY_NDARRAY", "GEO_TIFF"] = Field("NUMPY_NDARRAY", description="computePixels response "
+                                                             "format (the same pixels either way)")
     max_attempts: int = Field(6, ge=1)
     backoff_s: float = Field(0.5, ge=0.0, description="first retry delay; doubles each attempt, with jitter")
     timeout_s: float = Field(60.0, gt=0.0)
@@ -73,6 +86,14 @@ class ExportConfig(BaseModel):
     def _check(self) -> "ExportConfig":
         if self.start >= self.end:
             raise ValueError(f"date window is empty: start {self.start} >= end {self.end}")
+        if self.block_patches is not None:
+            rows, cols = self.block_patches
+            if rows < 1 or cols < 1:
+                raise ValueError(f"block_patches must be two positive patch counts (rows, cols), got {self.block_patches}")
+            size = self.request_bytes(rows * self.patch_size, cols * self.patch_size)
+            if size > EE_MAX_REQUEST_BYTES:
+                raise ValueError(f"block_patches {self.block_patches} asks {size} bytes per computePixels request, over "
+                                 f"Earth Engine's {EE_MAX_REQUEST_BYTES}-byte limit; choose a smaller block")
         if self.source == "earthengine" and self.end > SLC_FAILURE_DATE:
             warnings.warn(f"date window ends {self.end}, after the Landsat 7 SLC failure ({SLC_FAILURE_DATE}): "
                           "scenes will have stripes, unfit as complete training targets", stacklevel=2)
@@ -97,6 +118,23 @@ class ExportConfig(BaseModel):
     def band_ids(self) -> list[str]:
         return ["B3", "B2", "B1"] if self.product == "toa" else ["SR_B3", "SR_B2", "SR_B1"]
 
+    def request_bytes(self, height_px: int, width_px: int) -> int:
+        """Bytes Earth Engine counts for one computePixels request of ``height_px`` x ``width_px`` pixels of
+        the export's bands plus QA_PIXEL (each band: itemsize + 1 mask byte per pixel)."""
+        per_pixel = 3 * (BAND_ITEMSIZE[self.product] + 1) + BAND_ITEMSIZE["QA_PIXEL"] + 1
+        return height_px * width_px * per_pixel
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """(rows, cols) of patches per request: ``block_patches``, else the largest rows x cols dividing
+        ``shard_patches`` (so shards hold whole blocks) that fits the request limit, squarest first."""
+        if self.block_patches is not None:
+            return tuple(self.block_patches)
+        shapes = [(n // c, c) for n in range(self.shard_patches, 0, -1) if self.shard_patches % n == 0
+                  for c in range(int(n ** 0.5), 0, -1) if n % c == 0]
+        return next(s for s in shapes
+                    if self.request_bytes(s[0] * self.patch_size, s[1] * self.patch_size) <= EE_MAX_REQUEST_BYTES)
+
     def data_config(self) -> dict[str, Any]:
         """The fields that define the store's content (hashed into ``config_hash``)."""
         common = {"source": self.source, "seed": self.seed, "count": self.target,
@@ -112,7 +150,7 @@ class ExportConfig(BaseModel):
         return {**common, "collection": self.collection, "bands": self.band_ids, "aois": aois,
                 "start": self.start, "end": self.end, "max_scene_cloud_cover": self.max_scene_cloud_cover,
                 "max_cloud_fraction": self.max_cloud_fraction, "test_fraction": self.test_fraction,
-                "validation_fraction": self.validation_fraction}
+                "validation_fraction": self.validation_fraction, "block": list(self.block_shape)}
 
 
 def build_export_config(source: str = "local", out: str | Path = "demo_out/landsat.zarr", count: int | None = None,

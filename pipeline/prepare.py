@@ -13,11 +13,14 @@
   recomputed each run (cheap and deterministic, and valid patches may have grown);
 * ``attrs["prepare"]``: edge params, the whole config, its hash and the last run's summary.
 
-Dask: one task per shard still to do (``client.map``; the store path and shard number travel,
-never arrays) reads that image shard, computes and writes its edges on the worker and returns
-``(edge pixels, pixels)``. Shards are read and written whole by :mod:`pipeline.shard_io` (one
-store call per shard instead of zarr's per-chunk asyncio hops: that overhead cost more CPU than
-Canny itself). ``edges`` is compressed with Blosc-LZ4 + bit-shuffle (as small as zstd on these
+Dask: one task per shard still to do (the store path and shard number travel, never arrays)
+reads that image shard, computes and writes its edges on the worker and returns ``(edge pixels,
+pixels)``: :func:`plan_edges` lists the shards, :func:`edges_shard` is the task, :func:`finish_edges`
+sums up. :func:`compute_edges` runs them with ``distributed.Client.map`` (CLI, benchmarks); the
+``prepare-dataset`` flow runs the same function as one retried Prefect task per shard on
+prefect-dask's ``DaskTaskRunner`` (flows/prepare.py), on the same clusters. Shards are read and
+written whole by :mod:`pipeline.shard_io` (one store call per shard instead of zarr's per-chunk
+asyncio hops: that overhead cost more CPU than Canny itself). ``edges`` is compressed with Blosc-LZ4 + bit-shuffle (as small as zstd on these
 sparse 0/1 patches, ~2x cheaper to write and to read). Without a scheduler address a
 ``LocalCluster`` (threads: OpenCV, zstd and blosc release the GIL; no pickling of shards) is
 started; with one, ``distributed.Client(address)`` runs the same tasks on that cluster (its
@@ -111,14 +114,26 @@ def _edges_arrays(store_path: str, run_id: str) -> tuple[zarr.Array, zarr.Array,
     return group["images"], group["edges"], group["edges_done"]
 
 
-def _edges_shard(shard: int, store_path: str, radiometry: dict, params: dict, run_id: str) -> np.ndarray:
-    """Worker side: edges of image shard ``shard``, written to the store, then the shard marked done."""
+def edges_shard(shard: int, store_path: str, radiometry: dict, params: dict, run_id: str) -> np.ndarray:
+    """Worker side: edges of image shard ``shard``, written to the store, then the shard marked done.
+    Returns ``[edge pixels, pixels]`` of the shard. Idempotent (a rerun rewrites the same shard)."""
     cv2.setNumThreads(1)  # parallelism comes from the Dask threads, one shard each
     images, edges_array, done = _edges_arrays(store_path, run_id)
     edges = edges_for_stored(read_shard(images, shard), Radiometry(**radiometry).to_unit, EdgeParams(**params))
     write_shard(edges_array, shard, edges)
     done[shard] = 1
     return np.array([np.count_nonzero(edges), edges.size], dtype=np.int64)
+
+
+class EdgesPlan(BaseModel):
+    """What one edges run does: the shards still to compute and the arguments every task gets."""
+
+    store: str
+    todo: list[int]
+    radiometry: dict
+    params: dict
+    run_id: str
+    summary: dict
 
 
 @contextlib.contextmanager
@@ -164,9 +179,8 @@ def _ensure_edges_arrays(group: zarr.Group, params: EdgeParams) -> None:
         group.attrs["prepare"] = prep
 
 
-def compute_edges(store_path: str | Path, params: EdgeParams = EdgeParams(),
-                  dask: DaskConfig = DaskConfig(), client=None) -> dict:
-    """Edges of every exported, not yet finished shard (Dask); returns a small summary."""
+def plan_edges(store_path: str | Path, params: EdgeParams = EdgeParams()) -> EdgesPlan:
+    """Create/grow ``edges`` + ``edges_done`` and list the exported shards whose edges are not done."""
     store_path = Path(store_path)
     group = open_store(store_path, "r+", require=("images", "export_done"))
     _ensure_edges_arrays(group, params)
@@ -178,17 +192,32 @@ def compute_edges(store_path: str | Path, params: EdgeParams = EdgeParams(),
     summary = {"shards_total": n_shards, "shards_computed": int(len(todo)),
                "shards_skipped": int((exported & done).sum()), "shards_not_exported": int((~exported).sum()),
                "edge_pixel_fraction": None}
-    if len(todo) == 0:
-        return summary
+    return EdgesPlan(store=str(store_path), todo=[int(k) for k in todo], radiometry=store_radiometry(group).model_dump(),
+                     params=params.model_dump(), run_id=uuid.uuid4().hex, summary=summary)
+
+
+def finish_edges(plan: EdgesPlan, counts: list) -> dict:
+    """The run's summary from the tasks' ``[edge pixels, pixels]`` counts."""
+    summary = dict(plan.summary)
+    if counts:
+        totals = np.sum(np.asarray(counts, dtype=np.int64), axis=0)
+        summary["edge_pixel_fraction"] = float(totals[0] / max(totals[1], 1))
+    return summary
+
+
+def compute_edges(store_path: str | Path, params: EdgeParams = EdgeParams(),
+                  dask: DaskConfig = DaskConfig(), client=None) -> dict:
+    """Edges of every exported, not yet finished shard (Dask); returns a small summary."""
+    plan = plan_edges(store_path, params)
+    if not plan.todo:
+        return finish_edges(plan, [])
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(dask_client(dask))
-        futures = client.map(_edges_shard, [int(k) for k in todo], store_path=str(store_path),
-                             radiometry=store_radiometry(group).model_dump(), params=params.model_dump(),
-                             run_id=uuid.uuid4().hex, pure=False)
-        totals = np.sum(client.gather(futures), axis=0)
-    summary["edge_pixel_fraction"] = float(totals[0] / max(totals[1], 1))
-    return summary
+        futures = client.map(edges_shard, plan.todo, store_path=plan.store, radiometry=plan.radiometry,
+                             params=plan.params, run_id=plan.run_id, pure=False)
+        counts = client.gather(futures)
+    return finish_edges(plan, counts)
 
 
 # ----------------------------------------------------------------------------- masks + pairings

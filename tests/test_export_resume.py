@@ -1,5 +1,10 @@
-"""Resume: SIGKILL a real export subprocess at several points, rerun, compare with an
-uninterrupted export (identical pixels and metadata, no duplicates, no gaps)."""
+"""Resume: SIGKILL a real export subprocess at defined points, rerun, compare with an
+uninterrupted export (identical pixels and metadata, no duplicates, no gaps).
+
+The kill points are states of the store, never clock times: the export runs with the
+``EDGEFILL_EXPORT_HOLD`` hook, so every shard job from shard K on stops (until killed) after
+fetching or right after writing its ``images`` shard; the test kills once exactly K shards are
+marked done (and, for the torn case, shard K's images file is on disk)."""
 from __future__ import annotations
 
 import os
@@ -13,7 +18,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.export import EXPORT_ARRAYS, SHARD_DELAY_ENV, export_landsat
+from pipeline.export import EXPORT_ARRAYS, HOLD_ENV, export_landsat
 from pipeline.export_config import ExportConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,21 +40,25 @@ def _done_shards(out: Path) -> int:
         return -1
 
 
-def kill_export(out: Path, after_shards: int | None, after_s: float = 0.0) -> int:
-    """Start the export slowed per shard; SIGKILL it ``after_s`` seconds after ``after_shards``
-    shards are done (``after_shards`` None: ``after_s`` after the start)."""
-    env = {**os.environ, SHARD_DELAY_ENV: "0.4", "PYTHONPATH": str(REPO)}
+def _images_shard_written(out: Path, shard: int) -> bool:
+    return (out / "images" / "c" / str(shard) / "0" / "0" / "0").is_file()
+
+
+def kill_export(out: Path, hold_from: int, stage: str) -> int:
+    """Run the export with shard jobs ``>= hold_from`` held at ``stage`` ("fetched": nothing of the
+    shard written; "images": its images shard written, nothing else); SIGKILL it as soon as the
+    store shows exactly ``hold_from`` shards done (and, for "images", shard ``hold_from``'s images)."""
+    spec = str(hold_from) if stage == "fetched" else f"{hold_from}:images"
+    env = {**os.environ, HOLD_ENV: spec, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(_export_cmd(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    t0 = time.monotonic()
+    deadline = time.monotonic() + 120
     try:
-        while proc.poll() is None and time.monotonic() - t0 < 60:
-            if after_shards is None and time.monotonic() - t0 >= after_s:
-                break
-            if after_shards is not None and _done_shards(out) >= after_shards:
-                time.sleep(after_s)  # land anywhere inside the following shards' fetch/write
+        while proc.poll() is None and time.monotonic() < deadline:
+            if _done_shards(out) == hold_from and (stage == "fetched" or _images_shard_written(out, hold_from)):
                 break
             time.sleep(0.02)
-        assert proc.poll() is None, f"export finished before the kill point: {proc.stderr.read().decode()[-500:]}"
+        assert proc.poll() is None, f"export ended before its kill point: {proc.stderr.read().decode()[-500:]}"
+        assert time.monotonic() < deadline, "the export never reached its kill point"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(10)
@@ -72,18 +81,17 @@ def reference(tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("after_shards, after_s", [(None, 1.5), (1, 0.0), (2, 0.23), (4, 0.41)])
-def test_kill_and_resume_equals_uninterrupted(tmp_path, reference, after_shards, after_s):
+@pytest.mark.parametrize("hold_from, stage", [(0, "fetched"), (1, "fetched"), (2, "images"), (4, "images")])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, reference, hold_from, stage):
     out = tmp_path / "landsat.zarr"
-    done = kill_export(out, after_shards, after_s)
-    if after_shards is not None:
-        assert done >= after_shards  # it really was interrupted mid-export
-        g = zarr.open_group(str(out), mode="r")
-        assert not g.attrs["export_summary"]["complete"]
+    done = kill_export(out, hold_from, stage)
+    assert done == hold_from  # killed with exactly the first K shards done, no later one
+    g = zarr.open_group(str(out), mode="r")
+    assert not g.attrs["export_summary"]["complete"]
+    assert _images_shard_written(out, hold_from) == (stage == "images")  # the torn shard is really torn
     summary = export_landsat(ExportConfig(out=out, **CONFIG))
     assert summary.complete
-    if after_shards is not None:
-        assert summary.shards_written_now < summary.shards_total  # resumed, not redone
+    assert summary.shards_written_now == summary.shards_total - hold_from  # resumed, not redone
     got = content(out)
     assert got["attrs"] == reference["attrs"]
     for name, want in reference["arrays"].items():

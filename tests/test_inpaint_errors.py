@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterio.enums import ColorInterp
 
-from inpaint_support import SLC_A, real_gap_mask, stack_scene, tiny_bundle, tiny_run  # noqa: F401
+from inpaint_support import SLC_A, Untouched, real_gap_mask, stack_scene, tiny_bundle, tiny_run  # noqa: F401
 from models.inpaint_scene import InpaintSceneConfig, inpaint_scene
 from pipeline.scene_masks import MaskSource
 from pipeline.scenes import CATALOG_DIR, get_scene
@@ -63,6 +64,92 @@ def test_bad_scene(tmp_path, tiny_run, case, match):
     with pytest.raises(ValueError, match=match):
         _run(tmp_path, src, tiny_run)
     _assert_nothing_written(tmp_path)
+
+
+def _rgba(path, alpha):
+    """The real Everest RGB plus an alpha band (values given)."""
+    with rasterio.open(EVEREST_TIF) as s:
+        rgb, profile = s.read(), s.profile
+    profile.update(count=4, nodata=None)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.concatenate([rgb, np.broadcast_to(alpha, (1, *rgb.shape[1:]))]).astype(np.uint8))
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    return path
+
+
+def _masked_everywhere(path):
+    """The real Everest RGB with a GDAL internal mask that masks every pixel."""
+    with rasterio.open(EVEREST_TIF) as s:
+        rgb, profile = s.read(), s.profile
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+        dst.write(rgb)
+        dst.write_mask(np.zeros(rgb.shape[1:], bool))
+    return path
+
+
+def _tags_differ(path):
+    stack_scene(SLC_A, path)
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = (2.75e-5, 2.75e-5, 1e-4), (-0.2, -0.2, 0.0)
+    return path
+
+
+@pytest.mark.parametrize("case, cfg, match", [
+    ("repeated_band", dict(bands=(1, 1, 2)), "repeats a band"),
+    ("alpha_as_colour", dict(bands=(1, 2, 4)), "band 4 .* is its alpha"),
+    ("alpha_all_transparent", {}, "no valid pixel"),
+    ("internal_mask_all_masked", {}, "no valid pixel"),
+    ("scale_offset_differ", {}, "different scale/offset tags"),
+])
+def test_bad_band_setup(tmp_path, tiny_run, case, cfg, match):
+    (tmp_path / "in").mkdir()
+    src = tmp_path / "in" / f"{case}.tif"
+    if case in ("repeated_band", "alpha_as_colour"):
+        _rgba(src, 255)
+    elif case == "alpha_all_transparent":
+        _rgba(src, 0)
+    elif case == "internal_mask_all_masked":
+        _masked_everywhere(src)
+    else:
+        _tags_differ(src)
+    before = Untouched(src)
+    with pytest.raises(ValueError, match=match):
+        _run(tmp_path, src, tiny_run, **cfg)
+    _assert_nothing_written(tmp_path)
+    before.check()
+
+
+@pytest.mark.parametrize("case, args, match", [
+    ("no_crs", [], "has no CRS"),
+    ("truncated", [], "truncated"),
+    ("repeated_band", ["--bands", "1,2,2"], "repeats a band"),
+    ("other_bands", ["--other-bands", "drop"], "--other-bands must be 'fill' or 'keep'"),
+    ("not_a_raster", [], "cannot open"),
+])
+def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, tiny_run, case, args, match):
+    import edgefill_cli
+    from typer.testing import CliRunner
+
+    (tmp_path / "in").mkdir()
+    src = tmp_path / "in" / "in.tif"
+    if case == "no_crs":
+        _synthetic(src, crs=None)
+    elif case == "truncated":
+        blob = EVEREST_TIF.read_bytes()
+        src.write_bytes(blob[: len(blob) // 2])
+    elif case == "not_a_raster":
+        src.write_text("B3,B2,B1\n1,2,3\n")
+    else:
+        shutil.copy(EVEREST_TIF, src)
+    before = Untouched(src)
+    res = CliRunner().invoke(edgefill_cli.app, ["inpaint", str(src), str(tmp_path / "out" / "r.tif"),
+                                                "--model", str(tiny_run), *args])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], res.stderr
+    assert res.stdout == ""
+    _assert_nothing_written(tmp_path)
+    before.check()
 
 
 def test_mask_raster_on_another_grid(tmp_path, tiny_run):

@@ -6,7 +6,7 @@ import pytest
 from pipeline.masks import RATIO_BINS, MaskError, hole_ratio, ratio_bin
 from pipeline.masks.from_rasters import crops_in_range, real_cloud_masks, real_nodata_masks
 from pipeline.masks.irregular import irregular_mask
-from pipeline.masks.library import MaskKindSpec, MaskLibraryConfig, build_mask_library
+from pipeline.masks.library import MaskKindSpec, MaskLibraryConfig, assign_sources, build_mask_library
 from pipeline.masks.qd_imd import DEFAULT_QD_IMD_DIR, load_qd_imd_folder
 from prepare_helpers import small_mask_config
 
@@ -93,17 +93,38 @@ def test_crops_in_range_and_unfillable_bin():
         crops_in_range([src], 2, 256, (0.5, 0.6), np.random.default_rng(0), kind="demo")
 
 
-def test_library_deterministic_and_binned():
+def test_library_deterministic_binned_and_split():
     lib = build_mask_library(small_mask_config())
-    assert lib.masks.shape == (36, 256, 256) and len(lib.kinds) == len(lib.ratios) == 36
+    n = 6 + 25 + 15 + 10 + 10 + 10  # the six QD-IMD files + every kind's count
+    assert lib.masks.shape == (n, 256, 256) and len(lib.kinds) == len(lib.ratios) == len(lib.splits) == n
     np.testing.assert_allclose(lib.ratios, hole_ratio(lib.masks))
-    for kind, n_bins in (("irregular", 5), ("slc_off", 3), ("slc_off_real", 5), ("cloud", 5), ("nodata", 4)):
-        bins = ratio_bin(lib.ratios[lib.kinds == kind])
-        assert sorted(set(bins.tolist())) == list(range(n_bins)), kind  # every bin of the kind is filled
+    for kind, n_bins in (("irregular", 5), ("slc_off", 3)):   # procedural kinds fill every bin of every split
+        for split in ("train", "validation", "test"):
+            bins = ratio_bin(lib.ratios[(lib.kinds == kind) & (lib.splits == split)])
+            assert sorted(set(bins.tolist())) == list(range(n_bins)), (kind, split)
+    for kind in ("irregular", "slc_off", "slc_off_real", "cloud", "nodata"):  # 60 / 20 / 20 of each count
+        counts = {s: int(((lib.kinds == kind) & (lib.splits == s)).sum()) for s in ("train", "validation", "test")}
+        total = sum(counts.values())
+        assert counts["validation"] == counts["test"] == round(total * 0.2), (kind, counts)
+    train = {m.tobytes() for m in lib.masks[lib.splits == "train"]}
+    assert not train & {m.tobytes() for m in lib.masks[lib.splits != "train"]}  # no mask on both sides
     again = build_mask_library(small_mask_config())
     np.testing.assert_array_equal(lib.masks, again.masks)
     other = build_mask_library(small_mask_config(seed=1))
     assert not np.array_equal(lib.masks, other.masks)
+
+
+def test_real_sources_go_to_one_side_only():
+    """Whole source rasters are assigned: never one raster to both training and evaluation."""
+    usable = [500, 400, 300, 0, 200, 100]
+    sides = assign_sources(usable, {"train": 0.6, "validation": 0.2, "test": 0.2})
+    train, evaluation = set(sides["train"]), set(sides["validation"]) | set(sides["test"])
+    assert not train & evaluation and train | evaluation == set(range(6))
+    assert set(sides["validation"]).isdisjoint(sides["test"]) and sides["validation"] and sides["test"]
+    lone = assign_sources([10, 5], {"train": 0.6, "validation": 0.2, "test": 0.2})
+    assert lone == {"train": [0], "validation": [1], "test": [1]}  # a lone evaluation raster serves both
+    with pytest.raises(MaskError, match="one source raster cannot serve both"):
+        assign_sources([10], {"train": 0.6, "validation": 0.2, "test": 0.2})
 
 
 def test_library_unfillable_bin_is_a_clear_error():

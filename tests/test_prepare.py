@@ -41,25 +41,29 @@ def test_edges_written_match_the_edge_function(prepared):
 def test_masks_and_pairings_valid(prepared):
     path, summary = prepared
     g = open_store(path)
-    masks, kinds, ratios = g["masks"][:], g["masks_kind"][:], g["masks_ratio"][:]
+    masks, kinds, ratios, splits = g["masks"][:], g["masks_kind"][:], g["masks_ratio"][:], g["masks_split"][:]
     assert masks.shape == (summary.n_masks, 256, 256) and set(np.unique(masks)) <= {0, 1}
     np.testing.assert_allclose(ratios, masks.reshape(len(masks), -1).mean(1), atol=1e-6)
-    train, test = g["pairings/train"][:], g["pairings/test"][:]
-    assert train.dtype == np.int64 and train.shape == (len(patch_indices(g, "train")) * 4, 3)
-    assert set(train[:, 0]) == set(patch_indices(g, "train").tolist())
-    assert set(test[:, 0]) <= set(patch_indices(g, "test").tolist())
-    assert train[:, 1].max() < len(masks) and set(train[:, 2]) <= set(range(8)) and not test[:, 2].any()
-    # the test table covers every (kind, bin) that holds masks, irregular in all five bins
-    cells = {(kinds[m], int(b)) for m, b in zip(test[:, 1], ratio_bin(ratios[test[:, 1]]))}
-    assert {("irregular", b) for b in range(5)} <= cells
-    assert {("slc_off", b) for b in range(3)} <= cells and ("slc_off", 4) not in cells
-    assert set(kinds[train[:, 1]]) > {"irregular", "slc_off"}
+    assert set(splits) == {"train", "validation", "test"} and "pairings/train" not in g  # training draws its own
+    assert summary.n_train_images == len(patch_indices(g, "train"))
+    for name in ("validation", "test"):
+        table = g[f"pairings/{name}"][:]
+        assert table.dtype == np.int64 and table.shape[1] == 3 and not table[:, 2].any()
+        assert set(table[:, 0]) <= set(patch_indices(g, name).tolist())
+        assert set(splits[table[:, 1]]) == {name}  # evaluation masks never come from training's
+        # the table covers every (kind, bin) of its split's masks, irregular in all five bins
+        cells = {(kinds[m], int(b)) for m, b in zip(table[:, 1], ratio_bin(ratios[table[:, 1]]))}
+        assert {("irregular", b) for b in range(5)} <= cells
+        assert {("slc_off", b) for b in range(3)} <= cells and ("slc_off", 4) not in cells
+    # no mask (as pixels) serves both training and evaluation
+    train_set = {m.tobytes() for m in masks[splits == "train"]}
+    assert not train_set & {m.tobytes() for m in masks[splits != "train"]}
 
 
 def test_rerun_is_idempotent_and_deterministic(prepared, tmp_path, real_store_template):
     path, first = prepared
     g = open_store(path)
-    before = {k: g[k][:] for k in ("edges", "masks", "pairings/train", "pairings/test")}
+    before = {k: g[k][:] for k in ("edges", "masks", "masks_split", "pairings/validation", "pairings/test")}
     again = prepare_store(path, small_prepare_config(), THREADS)
     assert again.shards_computed == 0 and again.shards_skipped == first.shards_total and not again.masks_rebuilt
     g = open_store(path)
@@ -72,10 +76,10 @@ def test_rerun_is_idempotent_and_deterministic(prepared, tmp_path, real_store_te
     shutil.copytree(real_store_template, other)
     prepare_store(other, small_prepare_config(seed=1), THREADS)
     g2 = open_store(other)
-    assert not np.array_equal(g2["pairings/train"][:], before["pairings/train"])
+    assert not np.array_equal(g2["pairings/validation"][:], before["pairings/validation"])
     prepare_store(other, small_prepare_config(seed=0), THREADS)  # masks config changed -> rebuilt
     g2 = open_store(other)
-    for k in ("masks", "pairings/train", "pairings/test"):
+    for k in ("masks", "masks_split", "pairings/validation", "pairings/test"):
         np.testing.assert_array_equal(g2[k][:], before[k])
     assert not [p.name for p in other.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
 

@@ -6,7 +6,7 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-from inpaint_support import SLC_A, stack_scene
+from inpaint_support import SLC_A, real_gap_mask, stack_scene
 from pipeline.raster_io import (AtomicOutputs, RasterInputError, inspect_scene, parse_bands, to_cog)
 from pipeline.scenes import get_scene
 
@@ -61,3 +61,62 @@ def test_atomic_outputs_commit_and_rollback(tmp_path):
         atomic.commit()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.stac.json", "x.tif"]
     assert finals[1].read_text() == "x.stac.json"
+
+
+def test_nodata_rules_are_named(tmp_path):
+    """Which pixels are the scene's own invalid ones, and the words the summary uses for it."""
+    from pipeline.raster_io import describe_invalid, nodata_from_values
+
+    untagged = stack_scene(SLC_A, tmp_path / "a.tif")  # real gaps as DN 0, no nodata tag
+    info = inspect_scene(untagged)
+    assert info.zero_fill and info.fill_value == 0 and describe_invalid(info).startswith("DN 0 in any of bands 1,2,3")
+    off = inspect_scene(untagged, zero_is_nodata=False)
+    assert not off.zero_fill and off.fill_value is None and "zeros are data" in describe_invalid(off)
+    tagged = inspect_scene(stack_scene(SLC_A, tmp_path / "b.tif", nodata=0), zero_is_nodata=False)
+    assert tagged.fill_value == 0 and describe_invalid(tagged).startswith("the nodata value 0 ")  # the tag wins
+    values = np.array([[[0, 5, np.nan, np.inf]], [[1, 0, 2, 3]]], np.float32)
+    np.testing.assert_array_equal(nodata_from_values(values, None), [[False, False, True, True]])
+    np.testing.assert_array_equal(nodata_from_values(values[:, :, :2].astype(np.uint8), None), [[True, True]])
+    np.testing.assert_array_equal(nodata_from_values(values[:, :, :2].astype(np.uint8), None, False), [[False, False]])
+
+
+def test_copy_metadata_survives_the_cog(tmp_path):
+    """Scale/offset, units, descriptions, band and dataset tags, colour interpretation and an
+    internal mask of the streaming intermediate reach the COG."""
+    from rasterio.enums import ColorInterp, MaskFlags
+
+    from pipeline.raster_io import copy_metadata
+
+    src = stack_scene(SLC_A, tmp_path / "a.tif")
+    with rasterio.open(src, "r+") as ds:
+        ds.scales, ds.offsets, ds.units = (2.75e-5,) * 3, (-0.2,) * 3, ("reflectance",) * 3
+        ds.update_tags(1, wavelength="0.66")
+        ds.update_tags(SENSOR="ETM+")
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    mid = tmp_path / "mid.tif"
+    with rasterio.open(src) as s:
+        data = s.read()
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(mid, "w", **s.profile) as d:
+            copy_metadata(s, d)
+            d.write(data)
+            d.write_mask(~real_gap_mask(SLC_A))
+    cog = tmp_path / "cog.tif"
+    to_cog(mid, cog)
+    with rasterio.open(src) as a, rasterio.open(cog) as b:
+        assert (b.scales, b.offsets, b.units, b.descriptions) == (a.scales, a.offsets, a.units, a.descriptions)
+        assert b.tags(1)["wavelength"] == "0.66" and b.tags()["SENSOR"] == "ETM+" and b.colorinterp == a.colorinterp
+        assert MaskFlags.per_dataset in b.mask_flag_enums[0]
+        np.testing.assert_array_equal(b.read_masks(1) == 0, real_gap_mask(SLC_A))
+
+
+def test_read_decimated_is_strided_full_resolution(tmp_path):
+    """Every step-th pixel, read in strips (GDAL's out_shape reads are far slower on
+    pixel-interleaved compressed files with a nodata value)."""
+    from pipeline.raster_io import read_decimated
+
+    src_path = stack_scene(SLC_A, tmp_path / "a.tif", nodata=0)
+    with rasterio.open(src_path) as src:
+        full, masks = src.read(), src.read_masks(1)
+        for step in (1, 3, 7):
+            np.testing.assert_array_equal(read_decimated(src, [3, 1], step, block_rows=100), full[[2, 0], ::step, ::step])
+            np.testing.assert_array_equal(read_decimated(src, 1, step, masks=True, block_rows=50), masks[::step, ::step])

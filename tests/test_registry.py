@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,14 +10,18 @@ import torch
 from models.checkpoint import load_inference_bundle, save_inference_bundle
 from models.config import ModelConfig
 from models.networks import build_networks
-from models.registry import (current_model, list_models, load_index, promote_if_better, register_model,
+import models.registry as reg
+from models.registry import (current_model, edgefill_home, list_models, load_index, promote_if_better, register_model,
                              registry_dir, resolve_model)
+from models.shipping import ship_model
 
 
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
+    """A user registry of its own and no shipped model (the shipped default has tests of its own)."""
     root = tmp_path / "registry"
     monkeypatch.setenv("EDGEFILL_REGISTRY", str(root))
+    monkeypatch.setattr(reg, "SHIPPED_DIR", tmp_path / "no-shipped-models")
     return root
 
 
@@ -79,3 +84,37 @@ def test_registry_index_written_atomically_and_readable(registry, tmp_path):
     register_model(_run(tmp_path, "a", 0)[0], metrics={"hole_psnr": 1.0})
     assert json.loads((registry / "index.json").read_text())["models"]["tiny-v1"]["version"] == 1
     assert not list(registry.glob(".*tmp*"))
+
+
+def test_user_registry_lives_outside_the_source_tree(monkeypatch, tmp_path):
+    monkeypatch.delenv("EDGEFILL_REGISTRY", raising=False)
+    monkeypatch.delenv("EDGEFILL_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert registry_dir() == tmp_path / "xdg" / "edgefill" / "registry"
+    monkeypatch.setenv("EDGEFILL_HOME", str(tmp_path / "home"))
+    assert edgefill_home() == tmp_path / "home" and registry_dir() == tmp_path / "home" / "registry"
+    monkeypatch.delenv("EDGEFILL_HOME")
+    monkeypatch.delenv("XDG_DATA_HOME")
+    package = Path(reg.__file__).resolve().parent.parent
+    assert package not in registry_dir().resolve().parents
+
+
+def test_shipped_default_is_current_until_a_user_model_is_promoted(registry, tmp_path, monkeypatch):
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(reg, "SHIPPED_DIR", shipped)
+    run, nets = _run(tmp_path, "to-ship", 5)
+    ship_model(run, "landsat-test-v1", checkpoint="last.pt", metrics={"hole_psnr": 25.0}, card="# card\n", dest=shipped)
+    assert current_model() == "landsat-test-v1" and resolve_model("current") == shipped / "landsat-test-v1"
+    bundle = load_inference_bundle("current")  # half-precision weights load into float32 networks
+    assert next(bundle.inpaint_generator.parameters()).dtype == torch.float32
+    key = next(iter(nets["g2"].state_dict()))
+    torch.testing.assert_close(bundle.inpaint_generator.state_dict()[key], nets["g2"].state_dict()[key], atol=1e-3, rtol=1e-3)
+    slim = torch.load(shipped / "landsat-test-v1" / "checkpoints" / "last.pt", weights_only=True)
+    assert set(slim["models"]) == {"g1", "g2"} and slim["models"]["g2"][key].dtype == torch.float16
+    worse = register_model(_run(tmp_path, "w", 6)[0], metrics={"hole_psnr": 20.0})["name"]
+    assert not promote_if_better(worse).promoted and current_model() == "landsat-test-v1"
+    better = register_model(_run(tmp_path, "b", 7)[0], metrics={"hole_psnr": 26.0})["name"]
+    assert promote_if_better(better).promoted and current_model() == better
+    assert not (shipped / better).exists() and "landsat-test-v1" in list_models()  # shipped dir stays read-only
+    with pytest.raises(ValueError, match="already registered .* or shipped"):
+        register_model(_run(tmp_path, "x", 8)[0], name="landsat-test-v1")

@@ -140,3 +140,32 @@ def test_mask_options_are_exclusive(tmp_path):
     assert mask_source_from_options(qa=tmp_path / "q.tif", qa_kind="c1_bqa", dilate=2).kind == "qa"
     with pytest.raises(ValueError, match="dilate"):
         MaskSource(dilate=-1)
+
+
+def test_all_bands_read_gives_each_bands_own_invalid_pixels(tmp_path):
+    """Real Olinda B3,B2,B1,B4 with the NIR's gaps one column off the RGB gaps: the hole follows
+    the model bands, each band's own invalid pixels are its own; windowed = whole scene."""
+    from models.scene_demo import real_gap_pattern
+
+    entry = get_scene("LE07_OLINDA_STARS")
+    with rasterio.open(entry.path(entry.files[0])) as s:
+        data, profile = s.read([3, 2, 1, 4]), s.profile
+    hole = real_gap_pattern(*data.shape[1:])
+    nir_hole = np.roll(hole, 1, axis=1)
+    data[:3, hole] = 0
+    data[3, nir_hole] = 0
+    profile.update(count=4, nodata=0)
+    path = tmp_path / "b3214.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    info = inspect_scene(path)
+    assert info.bands == (1, 2, 3) and info.other_bands == (4,) and info.alpha_band is None
+    with SceneMasker(info) as masker, open_scene(info) as src:
+        whole = masker.read(src, Window(0, 0, info.width, info.height), all_bands=True)
+        part = masker.read(src, Window(0, 100, info.width, 50), all_bands=True)
+    np.testing.assert_array_equal(whole.hole, hole)
+    np.testing.assert_array_equal(whole.band_invalid[3], nir_hole)
+    np.testing.assert_array_equal(whole.band_invalid[:3], np.broadcast_to(hole, (3, *hole.shape)))
+    np.testing.assert_array_equal(whole.all_stored, data)
+    np.testing.assert_array_equal(part.band_invalid, whole.band_invalid[:, 100:150])
+    np.testing.assert_array_equal(part.all_stored, data[:, 100:150])

@@ -1,5 +1,6 @@
 """EarthEngineSource on the GENUINE earthengine-api client against a fake EE REST server
-(127.0.0.1) that answers from real bundled scenes; only the network boundary is faked."""
+(127.0.0.1) that answers from real bundled scenes and enforces Earth Engine's quotas (40
+concurrent requests, 100 requests/s, 48 MiB a request); only the network boundary is faked."""
 from __future__ import annotations
 
 import json
@@ -14,10 +15,10 @@ import zarr
 
 from fake_ee import FAKE_IMAGES, FakeEarthEngine
 from fake_ee.server import footprint_lonlat, render_window
-from pipeline.export import export_landsat
+from pipeline.export import EXPORT_ARRAYS, export_landsat
 from pipeline.export_config import ExportConfig, ExportError
 from pipeline.sources.base import PatchRequest
-from pipeline.sources.earthengine import EarthEngineError, EarthEngineSource
+from pipeline.sources.earthengine import EarthEngineError, EarthEngineSource, MalformedResponse, with_retries
 
 TOKEN = google.oauth2.credentials.Credentials(token="test-token")
 ZION = "LC08_038034_20150818_ZION"
@@ -38,29 +39,61 @@ def ee_config(tmp_path, url, **kw) -> ExportConfig:
     return ExportConfig(**{**base, **kw})
 
 
-def a_request(scene_id=ZION) -> PatchRequest:
+def a_request(scene_id=ZION, col=300, row=300, block="") -> PatchRequest:
     asset = next(a for a, v in FAKE_IMAGES.items() if v[0] == scene_id)
     from pipeline.scenes import read_scene
 
     s = read_scene(scene_id)
-    x, y = s.transform @ (300, 300)
+    x, y = s.transform @ (col, row)
     return PatchRequest(asset=asset, scene_id=asset.rsplit("/", 1)[1], epsg=s.epsg,
-                        transform=(30.0, 0.0, float(x), 0.0, -30.0, float(y)))
+                        transform=(30.0, 0.0, float(x), 0.0, -30.0, float(y)), block=block)
 
 
-def test_compute_pixels_genuine_client_returns_scene_window(tmp_path):
+def toa_uint16(toa: np.ndarray) -> np.ndarray:
+    """Earth Engine's ``multiply(10000).round().toUint16()`` of float32 TOA: a float32 product,
+    rounded half away from zero."""
+    return np.clip(np.floor(toa.astype(np.float32) * np.float32(10000) + np.float32(0.5)), 0, 65535).astype(np.uint16)
+
+
+def expected_pixels(asset: str, epsg: int, transform, size: int = 256) -> np.ndarray:
+    grid = {"dimensions": {"width": size, "height": size}, "crsCode": f"EPSG:{epsg}",
+            "affineTransform": {"scaleX": transform[0], "shearX": transform[1], "translateX": transform[2],
+                                "shearY": transform[3], "scaleY": transform[4], "translateY": transform[5]}}
+    window = render_window(asset, ["B3", "B2", "B1"], grid)
+    return np.stack([toa_uint16(window[b]) for b in ("B3", "B2", "B1")])
+
+
+@pytest.mark.parametrize("file_format", ["NUMPY_NDARRAY", "GEO_TIFF"])
+def test_compute_pixels_genuine_client_returns_scene_window(tmp_path, file_format):
     with FakeEarthEngine() as fake:
-        src = EarthEngineSource(ee_config(tmp_path, fake.url, max_cloud_fraction=1.0), credentials=TOKEN)
+        src = EarthEngineSource(ee_config(tmp_path, fake.url, max_cloud_fraction=1.0, file_format=file_format),
+                                credentials=TOKEN)
         req = a_request()
         patch = src.fetch(req)
         grid = src._params(req)["grid"]
-        expected = render_window(req.asset, ["B3", "B2", "B1"], grid)
+        want = expected_pixels(req.asset, req.epsg, req.transform)
+    assert grid["dimensions"] == {"width": 256, "height": 256}
     assert patch.skip is None and patch.pixels.dtype == np.uint16 and patch.pixels.shape == (3, 256, 256)
-    want = np.stack([np.rint(expected[b].astype(np.float64) * 10000) for b in ("B3", "B2", "B1")]).astype(np.uint16)
     np.testing.assert_array_equal(patch.pixels, want)
     assert patch.pixels.max() > 1000  # real texture, TOA x 1e4
-    assert fake.counts["discovery"] >= 1 and fake.counts["algorithms"] >= 1 and fake.counts["computePixels"] == 1
+    assert fake.counts["discovery"] >= 1 and fake.counts["computePixels"] == 1  # (algorithms: once a process)
+    assert fake.formats == {"NPY" if file_format == "NUMPY_NDARRAY" else "GEO_TIFF": 1}
     assert fake.auth_headers == ["Bearer test-token"]
+
+
+def test_one_request_per_block_cut_into_the_same_patches(tmp_path):
+    """A 2 x 3 block is ONE computePixels request; its patches equal those fetched one by one."""
+    cells = [(300 + 256 * c, 200 + 256 * r) for r in range(2) for c in range(3)]
+    with FakeEarthEngine() as fake:
+        src = EarthEngineSource(ee_config(tmp_path, fake.url, max_cloud_fraction=1.0), credentials=TOKEN)
+        block = src.fetch_many([a_request(col=c, row=r, block="0,0") for c, r in cells])
+        assert fake.counts["computePixels"] == 1 and fake.max_pixels == 512 * 768
+        single = [src.fetch(a_request(col=c, row=r)) for c, r in cells]
+    assert fake.counts["computePixels"] == 1 + len(cells)
+    for b, one in zip(block, single):
+        assert b.request.transform == one.request.transform and b.skip is None
+        np.testing.assert_array_equal(b.pixels, one.pixels)
+        np.testing.assert_array_equal(b.pixels, expected_pixels(b.request.asset, b.request.epsg, b.request.transform))
 
 
 def test_transient_errors_are_retried_then_succeed(tmp_path):
@@ -133,29 +166,140 @@ def test_date_window_with_no_scenes(tmp_path):
 
 
 def test_earth_engine_export_end_to_end(tmp_path):
-    """AOIs -> listImages (CLOUD_COVER filtered) -> grid -> concurrent computePixels -> store."""
+    """AOIs -> listImages (CLOUD_COVER filtered) -> blocks -> one computePixels per block -> store."""
     with FakeEarthEngine(latency_s=0.05) as fake:
         cfg = ee_config(tmp_path, fake.url, count=10, concurrency=8)
         summary = export_landsat(cfg, source=EarthEngineSource(cfg, credentials=TOKEN))
         g = zarr.open_group(str(cfg.out), mode="r")
         valid = g["valid"][:]
+        reasons = g["skip_reason"][:]
         scenes = set(g["scene_id"][:][valid].tolist())
-        first = int(np.flatnonzero(valid)[0])
-        t = g["transform"][first]
-        asset = f"LANDSAT/LE07/C02/T1_TOA/{g['scene_id'][first]}"
-        grid = {"dimensions": {"width": 256, "height": 256}, "crsCode": f"EPSG:{g['epsg'][first]}",
-                "affineTransform": {"scaleX": t[0], "shearX": t[1], "translateX": t[2], "shearY": t[3],
-                                    "scaleY": t[4], "translateY": t[5]}}
-        expected = render_window(asset, ["B3", "B2", "B1"], grid)
-    assert summary.n_valid >= 10 and summary.complete and g["images"].dtype == np.uint16
+        wants = {int(i): expected_pixels(f"LANDSAT/LE07/C02/T1_TOA/{g['scene_id'][i]}", int(g["epsg"][i]), g["transform"][i])
+                 for i in np.flatnonzero(valid)}
+    assert cfg.block_shape == (2, 2) and summary.n_valid >= 10 and summary.complete and g["images"].dtype == np.uint16
     assert g.attrs["radiometry"]["scale"] == pytest.approx(1e-4) and g.attrs["source"] == "earthengine"
     assert "LE07_038034_20010821" not in scenes  # CLOUD_COVER 55 % > 30 %: filtered out
     assert set(g["split"][:][valid].tolist()) == {"train", "test"}  # split by AOI
-    np.testing.assert_array_equal(g["images"][first][0], np.rint(expected["B3"].astype(np.float64) * 1e4))
+    for i, want in wants.items():
+        np.testing.assert_array_equal(g["images"][i], want)
+    assert set(reasons[~valid]) <= {"outside", "nodata", "clouds"} and not reasons[valid].any()
     keys = list(zip(g["scene_id"][:].tolist(), map(tuple, g["transform"][:].tolist())))
     assert len(set(keys)) == len(keys)
-    assert fake.max_in_flight <= 8
+    # at most one request per block (a block = a shard here; shards in flight past the target are dropped)
+    assert fake.counts["computePixels"] <= -(-summary.n_candidates // 4) < summary.n_candidates
+    assert fake.max_in_flight <= 8 and fake.rejected == {"concurrency": 0, "rate": 0, "size": 0}
     assert "test-token" not in json.dumps(dict(g.attrs)) and "key" not in g.attrs["export_config"]
+
+
+def _export_content(cfg: ExportConfig) -> dict[tuple, tuple]:
+    """(scene id, transform) -> (valid, skip reason, pixels) of every planned (not outside) row."""
+    g = zarr.open_group(str(cfg.out), mode="r")
+    images, valid, reasons = g["images"][:], g["valid"][:], g["skip_reason"][:]
+    return {(sid, tuple(t)): (bool(v), str(r), images[i].tobytes())
+            for i, (sid, t, v, r) in enumerate(zip(g["scene_id"][:], g["transform"][:].tolist(), valid, reasons))
+            if r != "outside"}
+
+
+def test_block_export_equals_one_patch_export_and_geotiff(tmp_path):
+    """Blocks of 3 x 2 (NPY), blocks of 2 x 2 (GEO_TIFF) and one patch per request plan the same
+    cells and store the same pixels and skips; blocks take far fewer requests."""
+    results = {}
+    with FakeEarthEngine() as fake:
+        for name, kw in {"one": dict(block_patches=(1, 1)), "block": dict(shard_patches=6),
+                         "geotiff": dict(file_format="GEO_TIFF")}.items():
+            (tmp_path / name).mkdir()
+            cfg = ee_config(tmp_path / name, fake.url, concurrency=8, **kw)
+            before = fake.counts["computePixels"]
+            export_landsat(cfg, source=EarthEngineSource(cfg, credentials=TOKEN))
+            results[name] = (_export_content(cfg), fake.counts["computePixels"] - before, cfg.block_shape)
+    one, block, geotiff = results["one"], results["block"], results["geotiff"]
+    assert (one[2], block[2], geotiff[2]) == ((1, 1), (3, 2), (2, 2))
+    assert len(one[0]) > 20 and one[0] == block[0] == geotiff[0]
+    assert one[1] == len(one[0]) and block[1] <= len(one[0]) / 3 and geotiff[1] <= len(one[0]) / 2.5
+    assert fake.formats["GEO_TIFF"] == geotiff[1]
+
+
+@pytest.mark.parametrize("fault, message", [("garbage", "not NPY"), ("wrong_shape", "shape")])
+def test_malformed_response_fails_at_once(tmp_path, fault, message):
+    with FakeEarthEngine(faults=[fault]) as fake:
+        src = EarthEngineSource(ee_config(tmp_path, fake.url), credentials=TOKEN)
+        with pytest.raises(MalformedResponse, match=message):
+            src.fetch(a_request())
+    assert fake.counts["computePixels"] == 1  # never retried
+
+
+def test_only_transport_and_http_failures_are_retried():
+    calls = []
+
+    def bug():
+        calls.append(1)
+        raise TypeError("unsupported operand")  # a programming error: surfaces at once, as itself
+
+    with pytest.raises(TypeError, match="unsupported operand"):
+        with_retries(bug, "x", max_attempts=5, backoff_s=0.0)
+    assert len(calls) == 1
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 4:
+            raise ConnectionError("connection reset by peer")
+        return "ok"
+
+    assert with_retries(flaky, "x", max_attempts=5, backoff_s=0.0) == "ok" and len(calls) == 4
+
+
+def test_server_rejects_over_concurrency_with_429_and_client_retries(tmp_path):
+    """Above its concurrency quota the fake answers 429 at once (as Earth Engine does, never queueing);
+    the client backs off and every patch still arrives."""
+    with FakeEarthEngine(latency_s=0.3, max_concurrent=3) as fake:
+        src = EarthEngineSource(ee_config(tmp_path, fake.url, max_cloud_fraction=1.0, concurrency=8,
+                                          backoff_s=0.2, max_attempts=8), credentials=TOKEN)
+        patches = src.fetch_many([a_request()] * 12)
+        src.close()
+    assert all(p.pixels is not None for p in patches)
+    assert fake.rejected["concurrency"] > 0 and fake.max_in_flight == 3
+    assert fake.counts["computePixels"] == 12 + fake.rejected["concurrency"]
+
+
+def test_server_enforces_request_rate_and_paced_client_stays_under_it(tmp_path):
+    with FakeEarthEngine(max_requests_per_s=10) as fake:
+        cfg = ee_config(tmp_path, fake.url, max_cloud_fraction=1.0, concurrency=10, backoff_s=0.3, max_attempts=8)
+        fast = EarthEngineSource(cfg.model_copy(update={"max_requests_per_s": 100.0}), credentials=TOKEN)
+        assert all(p.pixels is not None for p in fast.fetch_many([a_request()] * 20))
+        fast.close()
+        rejected = fake.rejected["rate"]
+        time.sleep(1.1)  # let the window drain
+        paced = EarthEngineSource(cfg.model_copy(update={"max_requests_per_s": 9.0}), credentials=TOKEN)
+        assert all(p.pixels is not None for p in paced.fetch_many([a_request()] * 12))
+        paced.close()
+    assert rejected > 0 and fake.rejected["rate"] == rejected  # the paced client was never refused
+
+
+def test_request_over_the_size_limit(tmp_path):
+    """Earth Engine's 400 for a request over its size limit: a block is split until it fits; one
+    patch over the limit fails at once with Earth Engine's message."""
+    one_patch = 256 * 256 * 4 * 3  # 4 uint16 bands + their mask bytes
+    cells = [(300 + 256 * c, 200 + 256 * r) for r in range(2) for c in range(2)]
+    with FakeEarthEngine(max_request_bytes=2 * one_patch) as fake:
+        src = EarthEngineSource(ee_config(tmp_path, fake.url, max_cloud_fraction=1.0), credentials=TOKEN)
+        patches = src.fetch_many([a_request(col=c, row=r, block="0,0") for c, r in cells])
+        assert fake.rejected["size"] == 1 and fake.counts["computePixels"] == 3  # 4 cells -> 2 x 2 cells
+        for p in patches:
+            np.testing.assert_array_equal(p.pixels, expected_pixels(p.request.asset, p.request.epsg, p.request.transform))
+        fake.max_request_bytes = one_patch - 1
+        with pytest.raises(EarthEngineError, match=rf"Total request size \({one_patch} bytes\) must be less than "
+                                                   rf"or equal to {one_patch - 1} bytes"):
+            src.fetch(a_request())
+    assert fake.rejected["size"] == 2 and fake.counts["computePixels"] == 4  # not retried
+
+
+def test_block_size_follows_the_request_limit():
+    assert ExportConfig(shard_patches=64).block_shape == (8, 8)  # 2048 x 2048 x 4 bands x 3 B = 48 MiB
+    assert ExportConfig(shard_patches=42).block_shape == (7, 6)
+    assert ExportConfig(shard_patches=128).block_shape == (8, 8)  # two blocks a shard
+    assert ExportConfig(shard_patches=16, block_patches=(1, 1)).block_shape == (1, 1)
+    with pytest.raises(ValueError, match="over Earth Engine's 50331648-byte limit"):
+        ExportConfig(block_patches=(9, 8))
 
 
 def test_failing_shards_leave_resumable_store(tmp_path):
@@ -168,6 +312,29 @@ def test_failing_shards_leave_resumable_store(tmp_path):
         fake.always = None
         summary = export_landsat(cfg, source=EarthEngineSource(cfg, credentials=TOKEN))
     assert summary.complete and summary.n_valid >= 4
+
+
+def test_failed_blocks_resume_to_the_uninterrupted_store(tmp_path):
+    """Three block requests fail for good (one shard each); the rerun refetches exactly the missing
+    blocks and the store equals an uninterrupted export, array for array."""
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "run").mkdir()
+    with FakeEarthEngine() as fake:
+        ref = ee_config(tmp_path / "ref", fake.url, count=12, concurrency=4)
+        export_landsat(ref, source=EarthEngineSource(ref, credentials=TOKEN))
+        cfg = ee_config(tmp_path / "run", fake.url, count=12, concurrency=4, max_attempts=1)
+        fake.faults.extend(["503"] * 3)
+        with pytest.raises(ExportError, match="3 shard failure"):
+            export_landsat(cfg, source=EarthEngineSource(cfg, credentials=TOKEN))
+        done_before = int(zarr.open_group(str(cfg.out), mode="r")["export_done"][:].sum())
+        before = fake.counts["computePixels"]
+        summary = export_landsat(cfg, source=EarthEngineSource(cfg, credentials=TOKEN))
+        refetched = fake.counts["computePixels"] - before
+    want, got = zarr.open_group(str(ref.out), mode="r"), zarr.open_group(str(cfg.out), mode="r")
+    assert summary.complete and summary.shards_written_now == 3 and refetched == 3 and done_before > 0
+    for name in EXPORT_ARRAYS + ("export_done", "export_plan"):
+        np.testing.assert_array_equal(got[name][:], want[name][:], err_msg=name)
+    assert got.attrs["export_summary"]["content"] == want.attrs["export_summary"]["content"]
 
 
 def _timed_fetch(tmp_path, latency_s, n, **kw):

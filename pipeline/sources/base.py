@@ -4,8 +4,13 @@ A :class:`PatchRequest` names one 256 x 256 (``size``) pixel grid: an asset (bun
 Earth Engine image id), its CRS (``epsg``) and the GDAL/rasterio affine ``transform``
 ``(a, b, c, d, e, f)`` of the patch's upper-left pixel corner (metres, UTM). A source answers
 with a :class:`Patch`: ``pixels`` (3, size, size) in the source's stored dtype plus the same
-georeferencing and metadata, or a ``skip`` reason (``"nodata"``, ``"clouds"``) when the patch
-must not become training data.
+georeferencing and metadata, or a ``skip`` reason when the patch must not become training data:
+``"nodata"``, ``"clouds"``, or ``"outside"`` (a cell of a block that lies outside the AOI or the
+scene footprint: planned so that blocks keep whole shards, never fetched).
+
+Requests are planned in blocks: the requests of one block (same ``asset`` and non-empty ``block``
+key) are adjacent cells of one grid that the source may fetch with a single request; a request
+with ``block == ""`` is fetched alone.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.store import Radiometry
 
-SKIP_REASONS = ("nodata", "clouds")
+SKIP_REASONS = ("nodata", "clouds", "outside")
 
 
 class SourceError(RuntimeError):
@@ -37,6 +42,13 @@ class PatchRequest(BaseModel):
     sensor: str = ""
     split: str = "train"
     stratum: str = ""
+    block: str = ""
+    outside: bool = False
+
+    @property
+    def group(self) -> tuple[str, int, str] | None:
+        """Key of the requests fetched together with this one (None: fetched alone)."""
+        return (self.asset, self.epsg, self.block) if self.block else None
 
 
 @dataclass
@@ -65,8 +77,9 @@ class PatchSource(Protocol):
     radiometry: Radiometry
     config: Any  # the ExportConfig it was built from
 
-    def strata(self) -> list[list[PatchRequest]]:
-        """Candidate requests grouped by stratum (AOI or scene), each shuffled from the seed."""
+    def strata(self) -> list[list[list[PatchRequest]]]:
+        """Candidate blocks (lists of requests fetched together) grouped by stratum (AOI or scene),
+        each stratum's blocks in an order shuffled from the seed."""
 
     def scene_metadata(self) -> dict[str, dict]:
         """Per-scene facts recorded in the store attrs / STAC items (may be empty)."""
@@ -75,4 +88,5 @@ class PatchSource(Protocol):
         """Fetch one patch (raises :class:`SourceError` once retries are exhausted)."""
 
     def fetch_many(self, requests: list[PatchRequest]) -> list[Patch]:
-        """Fetch several patches (concurrently where the source allows), in request order."""
+        """Fetch several patches (concurrently where the source allows; one request per block where it
+        fetches blocks), in request order."""

@@ -1,30 +1,46 @@
-"""Earth Engine source on the genuine earthengine-api: ``ee.data.computePixels`` per patch.
+"""Earth Engine source on the genuine earthengine-api: ``ee.data.computePixels`` per block of patches.
 
-* Expression: ``ee.Image(asset).select([B3, B2, B1, QA_PIXEL])`` (TOA, default) or
-  ``[SR_B3, SR_B2, SR_B1, QA_PIXEL]`` (Collection 2 L2), fileFormat ``NUMPY_NDARRAY`` (a
-  structured array, one field per band), grid = ``{dimensions, affineTransform, crsCode}`` in the
-  UTM zone of the patch (EPSG:326xx/327xx), 30 m pixels.
-* Stored radiometry: TOA reflectance float -> uint16 x 10000 (scale 1e-4); SR raw uint16
-  (scale 2.75e-05, offset -0.2). QA_PIXEL decides skips: fill -> "nodata", cloud/shadow/dilated
-  cloud -> "clouds" (thresholds from the config).
+* Expression (TOA, default): ``Image(asset).select([B3, B2, B1]).multiply(10000).round().toUint16()
+  .addBands(Image(asset).select(["QA_PIXEL"]))``: Earth Engine scales the float TOA reflectance to
+  uint16 x 10^4 itself (rounding halves away from zero), so every band travels as 2 bytes a pixel;
+  SR (Collection 2 L2): ``select([SR_B3, SR_B2, SR_B1, QA_PIXEL])``, uint16 already. Grid =
+  ``{dimensions, affineTransform, crsCode}`` in the scene's own UTM grid (EPSG:326xx/327xx), 30 m.
+* Blocks: planning groups each scene's 256 x 256 cells (inside AOI and footprint) into blocks of
+  ``config.block_shape`` = (rows, cols) cells, anchored at the cells' upper-left corner; every block
+  keeps all rows x cols cells, those outside AOI or footprint planned as ``outside`` rows (never
+  fetched), so shards hold whole blocks. A block is fetched with ONE request (the window around
+  its inside cells), cut into patches, and each patch is kept or skipped on its own: QA fill or
+  empty bands -> "nodata", cloud/shadow/dilated cloud -> "clouds" (thresholds from the config).
+  ``block_patches=(1, 1)`` fetches one patch per request (sparse sampling).
+* Request size: blocks stay under Earth Engine's 48 MiB (``ExportConfig.request_bytes``); should
+  Earth Engine still answer ``Total request size ...`` (400), the window is split in two and each
+  half requested (a single patch over the limit fails with that message).
+* Formats: ``NUMPY_NDARRAY`` (fetched as NPY, read without copying) or ``GEO_TIFF`` (rasterio):
+  the same pixels either way.
 * Scenes: ``ee.data.listImages`` over each AOI and the date window, CLOUD_COVER filtered.
 * Auth (headless): service-account JSON key from ``config.key`` / ``$EDGEFILL_EE_KEY`` /
   ``$GOOGLE_APPLICATION_CREDENTIALS`` -> ``ee.ServiceAccountCredentials``; the key is never
   logged nor written anywhere. ``high_volume`` uses the high-volume endpoint.
 * Concurrency: one thread pool per source; a semaphore keeps at most ``concurrency`` (<= 40)
-  requests on the wire while other threads decode/convert finished responses, and request
-  starts are paced to ``max_requests_per_s`` (< GEE's 100/s per project);
-  429 / 5xx / timeouts / broken bodies are retried with exponential backoff + jitter up to
-  ``max_attempts``, then :class:`EarthEngineError`.
+  requests on the wire while other threads decode and cut finished responses, and request starts
+  are paced to ``max_requests_per_s`` (< Earth Engine's 100/s per project).
+* Retries: only transport failures (dropped connections, timeouts, truncated bodies) and HTTP
+  429 / 5xx, with exponential backoff + jitter, up to ``max_attempts``, then
+  :class:`EarthEngineError`. Any other Earth Engine error fails at once; a malformed response
+  (:class:`MalformedResponse`) fails at once naming what was wrong; our own errors propagate.
 """
 from __future__ import annotations
 
+import functools
+import http.client
+import io
 import json
 import os
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,18 +50,27 @@ import shapely.geometry
 from pipeline.aoi import AOI, assign_splits, grid_cells, read_aois, to_utm, utm_epsg
 from pipeline.export_config import HIGH_VOLUME_URL, ExportConfig, ExportError
 from pipeline.qa import qa_cloud_mask
-from pipeline.sampling import interleave
+from pipeline.sampling import group_blocks, interleave
 from pipeline.sources.base import Patch, PatchRequest, SourceError
 from pipeline.store import Radiometry
 
 KEY_ENV_VARS = ("EDGEFILL_EE_KEY", "GOOGLE_APPLICATION_CREDENTIALS")
 PIXEL_M = 30.0
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+TOA_SCALE = 10000
 _INIT_LOCK = threading.Lock()
 
 
 class EarthEngineError(SourceError):
     """Earth Engine refused or kept failing (message says what and how often)."""
+
+
+class MalformedResponse(EarthEngineError):
+    """computePixels answered with a body that is not the pixels asked for (never retried)."""
+
+
+class RequestTooLarge(EarthEngineError):
+    """Earth Engine refused a request over its size limit (HTTP 400 ``Total request size ...``)."""
 
 
 def resolve_key(config: ExportConfig) -> Path:
@@ -71,15 +96,27 @@ def _status_of(exc: BaseException) -> int | None:
     return None
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions of a connection that failed, timed out or delivered a truncated body."""
+    import requests
+    import urllib3
+
+    return (ConnectionError, TimeoutError, http.client.HTTPException, requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError, urllib3.exceptions.ProtocolError,
+            urllib3.exceptions.TimeoutError)
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """429 / 5xx, timeouts, dropped connections and truncated/garbled bodies are transient."""
+    """Transient: HTTP 429 / 5xx answers and transport failures (see :func:`_transport_errors`).
+    Never: other Earth Engine errors, our own classified errors, malformed bodies, programming errors."""
     import ee
 
+    if isinstance(exc, EarthEngineError):
+        return False
     if isinstance(exc, ee.EEException):
-        status = _status_of(exc)
-        return status in RETRY_STATUSES or "Too Many Requests" in str(exc)
-    return isinstance(exc, (TimeoutError, ConnectionError, OSError, ValueError, EOFError)) or \
-        type(exc).__module__.split(".")[0] in ("requests", "urllib3", "httplib2", "http")
+        return _status_of(exc) in RETRY_STATUSES or "Too Many Requests" in str(exc)
+    return isinstance(exc, _transport_errors())
 
 
 def describe(exc: BaseException) -> str:
@@ -89,18 +126,172 @@ def describe(exc: BaseException) -> str:
 
 def with_retries(call: Callable[[], Any], what: str, *, max_attempts: int, backoff_s: float,
                  sleep: Callable[[float], None] = time.sleep) -> Any:
-    """Run ``call``; retry transient errors with delay ``backoff_s * 2**i * U(0.5, 1.5)``."""
+    """Run ``call``; retry transient errors with delay ``backoff_s * 2**i * U(0.5, 1.5)``. A non-retryable
+    Earth Engine error becomes :class:`EarthEngineError` at once; our own :class:`EarthEngineError`
+    subclasses and any other exception (a bug) propagate unchanged."""
+    import ee
+
     last: BaseException | None = None
     for attempt in range(max_attempts):
         try:
             return call()
         except Exception as exc:  # classified below
             if not is_retryable(exc):
-                raise EarthEngineError(f"{what} failed (not retryable): {describe(exc)}") from exc
+                if isinstance(exc, ee.EEException):
+                    raise EarthEngineError(f"{what} failed (not retryable): {describe(exc)}") from exc
+                raise
             last = exc
             if attempt + 1 < max_attempts:
                 sleep(backoff_s * (2 ** attempt) * random.uniform(0.5, 1.5))
     raise EarthEngineError(f"{what} failed after {max_attempts} attempts; last error: {describe(last)}") from last
+
+
+@functools.lru_cache(maxsize=1)
+def _whole_body_adapter() -> type:
+    """A requests ``HTTPAdapter`` that reads each response body in ONE call (requests' own
+    ``Response.content`` reads 10 KB at a time: ~90 ms of Python CPU per 32 MiB block, 4x this).
+    Read failures map to the requests exceptions the earthengine-api client turns into
+    ConnectionError / TimeoutError, as they would on requests' own read."""
+    import requests
+    import urllib3
+
+    class WholeBodyAdapter(requests.adapters.HTTPAdapter):
+        def build_response(self, req, resp):
+            response = super().build_response(req, resp)
+            try:
+                body = resp.read(decode_content=True)
+            except urllib3.exceptions.ReadTimeoutError as exc:
+                raise requests.exceptions.ReadTimeout(exc, request=req) from exc
+            except urllib3.exceptions.DecodeError as exc:
+                raise requests.exceptions.ContentDecodingError(exc, request=req) from exc
+            except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError) as exc:
+                raise requests.exceptions.ChunkedEncodingError(exc, request=req) from exc
+            response._content, response._content_consumed = body, True  # what Response.content would cache
+            return response
+
+    return WholeBodyAdapter
+
+
+# -- responses ------------------------------------------------------------------------------
+
+def _decode_npy(data: bytes, names: list[str]) -> dict[str, np.ndarray]:
+    """Band arrays of an NPY body (structured array, one field per band), viewing ``data`` (no copy)."""
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"NPY format version {version}")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(buf)
+    except ValueError as exc:
+        raise MalformedResponse(f"computePixels returned a body that is not NPY ({exc})") from None
+    missing = [n for n in names if dtype.names is None or n not in dtype.names]
+    if missing or len(shape) != 2:
+        raise MalformedResponse(f"computePixels returned an NPY array {shape} of {dtype} without bands {missing}")
+    count = int(np.prod(shape))
+    if len(data) - buf.tell() != count * dtype.itemsize:
+        raise MalformedResponse(f"computePixels returned {len(data) - buf.tell()} NPY data bytes for "
+                                f"{count * dtype.itemsize} announced")
+    arr = np.frombuffer(data, dtype, count, offset=buf.tell()).reshape(shape, order="F" if fortran else "C")
+    return {n: arr[n] for n in names}
+
+
+def _decode_geotiff(data: bytes, names: list[str]) -> dict[str, np.ndarray]:
+    """Band arrays of a GeoTIFF body: bands by description (Earth Engine's band names), else in request order."""
+    from rasterio.errors import RasterioError
+    from rasterio.io import MemoryFile
+
+    try:
+        with MemoryFile(data) as mem, mem.open() as ds:
+            stack, described = ds.read(), ds.descriptions
+    except RasterioError as exc:
+        raise MalformedResponse(f"computePixels returned a body that is not a GeoTIFF ({exc})") from None
+    order = list(described) if all(described) else names
+    if len(stack) != len(names) or sorted(order) != sorted(names):
+        raise MalformedResponse(f"computePixels returned a GeoTIFF of bands {order}, expected {names}")
+    return {n: stack[order.index(n)] for n in names}
+
+
+def _as_uint16(name: str, arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint16:
+        return arr
+    if arr.dtype.kind in "iuf" and np.all((arr >= 0) & (arr <= 65535) & (arr == np.floor(arr))):
+        return arr.astype(np.uint16)
+    raise MalformedResponse(f"computePixels returned band {name} as {arr.dtype} with values outside uint16")
+
+
+def decode_pixels(data: Any, file_format: str, names: list[str], shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Band name -> uint16 (height, width) array of a computePixels answer; :class:`MalformedResponse`
+    for anything else than ``shape`` pixels of every band in ``names``."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise MalformedResponse(f"computePixels returned {type(data).__name__}, expected {file_format} bytes")
+    arrays = _decode_geotiff(data, names) if file_format == "GEO_TIFF" else _decode_npy(bytes(data), names)
+    for name, arr in arrays.items():
+        if arr.shape != shape:
+            raise MalformedResponse(f"computePixels returned band {name} of shape {arr.shape}, expected {shape}")
+    return {name: _as_uint16(name, arr) for name, arr in arrays.items()}
+
+
+@dataclass(frozen=True)
+class Window:
+    """The pixel grid one request covers: upper-left corner ``(x0, y0)`` (metres), pixel size
+    ``(a, e)`` (metres, e < 0: north-up), ``height`` x ``width`` pixels."""
+
+    asset: str
+    epsg: int
+    x0: float
+    y0: float
+    a: float
+    e: float
+    height: int
+    width: int
+
+    @classmethod
+    def around(cls, reqs: list[PatchRequest]) -> "Window":
+        """The smallest window holding every request's patch (same asset, CRS and pixel grid)."""
+        a, _, _, _, e, _ = reqs[0].transform
+        if any((r.asset, r.epsg, r.transform[0], r.transform[4]) != (reqs[0].asset, reqs[0].epsg, a, e) for r in reqs):
+            raise ExportError("a block mixes assets, CRSs or pixel sizes")
+        x0, y0 = min(r.transform[2] for r in reqs), max(r.transform[5] for r in reqs)
+        win = cls(reqs[0].asset, reqs[0].epsg, x0, y0, a, e, 0, 0)
+        rows, cols = zip(*(win.offset(r) for r in reqs))
+        size = reqs[0].size
+        return cls(win.asset, win.epsg, x0, y0, a, e, max(rows) + size, max(cols) + size)
+
+    def offset(self, req: PatchRequest) -> tuple[int, int]:
+        """(row, col) pixel of ``req``'s upper-left corner in this window."""
+        return int(round((req.transform[5] - self.y0) / self.e)), int(round((req.transform[2] - self.x0) / self.a))
+
+    def grid(self) -> dict:
+        return {"dimensions": {"width": self.width, "height": self.height},
+                "affineTransform": {"scaleX": self.a, "shearX": 0.0, "translateX": self.x0,
+                                    "shearY": 0.0, "scaleY": self.e, "translateY": self.y0},
+                "crsCode": f"EPSG:{self.epsg}"}
+
+    def describe(self) -> str:
+        return f"{self.asset} window {self.width}x{self.height} px at {self.x0:.0f},{self.y0:.0f} (EPSG:{self.epsg})"
+
+
+def _top_left(cells: list[tuple[float, float]]) -> tuple[float, float]:
+    """Upper-left corner of the cells' bounding grid: blocks start there, so the fewest are partial."""
+    return (min(x for x, _ in cells), max(y for _, y in cells)) if cells else (0.0, 0.0)
+
+
+@functools.lru_cache(maxsize=1)
+def cloud_lookup() -> np.ndarray:
+    """:func:`pipeline.qa.qa_cloud_mask` (cloud, dilated cloud, shadow) of every uint16 QA_PIXEL value:
+    one table lookup a pixel instead of decoding its bits."""
+    return qa_cloud_mask(np.arange(65536, dtype=np.uint16), "c2_qa_pixel", shadow=True, fill=False)
+
+
+def _halves(win: Window, reqs: list[PatchRequest]) -> tuple[list[int], list[int]]:
+    """Indices of ``reqs`` split in two along the window's longer side (rows first when square)."""
+    offsets = [win.offset(r) for r in reqs]
+    rows, cols = sorted({o[0] for o in offsets}), sorted({o[1] for o in offsets})
+    axis = 0 if len(rows) > 1 and (win.height >= win.width or len(cols) == 1) else 1
+    cut = (rows if axis == 0 else cols)[len(rows if axis == 0 else cols) // 2]
+    first = [i for i, o in enumerate(offsets) if o[axis] < cut]
+    return first, [i for i, o in enumerate(offsets) if o[axis] >= cut]
 
 
 class EarthEngineSource:
@@ -115,7 +306,7 @@ class EarthEngineSource:
         self.bands = ["red", "green", "blue"]
         if config.product == "toa":
             self.radiometry = Radiometry(dtype="uint16", scale=1e-4, offset=0.0,
-                                         description="TOA reflectance x 10000 (Earth Engine float TOA, rounded)")
+                                         description="TOA reflectance x 10000 (rounded by Earth Engine)")
         else:
             self.radiometry = Radiometry(dtype="uint16", scale=2.75e-05, offset=-0.2,
                                          description="Collection 2 L2 surface reflectance DN (raw)")
@@ -162,9 +353,7 @@ class EarthEngineSource:
                                        f"{str(exc)[:300]}") from exc
             session = ee.data._get_state().requests_session  # noqa: SLF001 - connection pool sized to concurrency
             if session is not None:
-                import requests.adapters
-
-                adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.config.concurrency + 8)
+                adapter = _whole_body_adapter()(pool_connections=4, pool_maxsize=self.config.concurrency + 8)
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
         self._initialized = True
@@ -183,12 +372,15 @@ class EarthEngineSource:
                               max_attempts=c.max_attempts, backoff_s=c.backoff_s)
         return sorted(result.get("images", []), key=lambda im: im.get("id", im.get("name", "")))
 
-    def strata(self) -> list[list[PatchRequest]]:
-        """Candidates per AOI: every scene's 256 x 256 cells inside AOI and footprint, seeded shuffle."""
+    def strata(self) -> list[list[list[PatchRequest]]]:
+        """Blocks per AOI: every scene's 256 x 256 cells inside AOI and footprint grouped into
+        ``block_shape`` blocks (cells outside planned as ``outside``), blocks in a seeded shuffle,
+        interleaved across the AOI's scenes."""
         c = self.config
         aois = read_aois(c.aoi_files())
         splits = assign_splits(aois, c.seed, c.test_fraction, c.validation_fraction)
-        out: list[list[PatchRequest]] = []
+        shape = c.block_shape
+        out: list[list[list[PatchRequest]]] = []
         n_scenes = 0
         self.initialize()
         with ThreadPoolExecutor(min(8, len(aois))) as pool:  # list every AOI's scenes concurrently
@@ -205,13 +397,16 @@ class EarthEngineSource:
                 n_scenes += 1
                 epsg, origin = self._native_grid(image, region)
                 scene_id = asset.rsplit("/", 1)[-1]
-                reqs = [PatchRequest(asset=asset, scene_id=scene_id, epsg=epsg,
-                                     transform=(PIXEL_M, 0.0, x, 0.0, -PIXEL_M, y), size=c.patch_size,
-                                     acquired=str(image.get("startTime", ""))[:10], sensor=scene_id[:4],
-                                     split=splits[aoi.name], stratum=aoi.name)
-                        for x, y in grid_cells(to_utm(region, epsg), PIXEL_M, c.patch_size, origin)]
-                random.Random(f"{c.seed}:{aoi.name}:{asset}").shuffle(reqs)
-                per_scene.append(reqs)
+                cells = grid_cells(to_utm(region, epsg), PIXEL_M, c.patch_size, origin)
+                blocks = [[PatchRequest(asset=asset, scene_id=scene_id, epsg=epsg,
+                                        transform=(PIXEL_M, 0.0, x, 0.0, -PIXEL_M, y), size=c.patch_size,
+                                        acquired=str(image.get("startTime", ""))[:10], sensor=scene_id[:4],
+                                        split=splits[aoi.name], stratum=aoi.name,
+                                        block=key if shape != (1, 1) else "", outside=not inside)
+                           for x, y, inside in block]
+                          for key, block in group_blocks(cells, _top_left(cells), PIXEL_M * c.patch_size, shape)]
+                random.Random(f"{c.seed}:{aoi.name}:{asset}").shuffle(blocks)
+                per_scene.append(blocks)
             out.append(interleave(per_scene, c.seed))
         if n_scenes == 0:
             raise ExportError(f"no scenes in {c.collection} between {c.start} and {c.end} with CLOUD_COVER < "
@@ -230,16 +425,23 @@ class EarthEngineSource:
         return utm_epsg(region.centroid.x, region.centroid.y), (0.0, 0.0)
 
     # -- pixels -------------------------------------------------------------------------
-    def _params(self, req: PatchRequest) -> dict:
+    def _expression(self, asset: str) -> Any:
         import ee
 
-        a, b, c0, d, e, f = req.transform
-        return {"expression": ee.Image(req.asset).select(self.config.band_ids + ["QA_PIXEL"]),
-                "fileFormat": "NUMPY_NDARRAY",
-                "grid": {"dimensions": {"width": req.size, "height": req.size},
-                         "affineTransform": {"scaleX": a, "shearX": b, "translateX": c0,
-                                             "shearY": d, "scaleY": e, "translateY": f},
-                         "crsCode": f"EPSG:{req.epsg}"}}
+        image = ee.Image(asset)
+        if self.config.product == "toa":  # Earth Engine scales float TOA to uint16 x 10^4: 2 bytes a band
+            return (image.select(self.config.band_ids).multiply(TOA_SCALE).round().toUint16()
+                    .addBands(image.select(["QA_PIXEL"])))
+        return image.select(self.config.band_ids + ["QA_PIXEL"])
+
+    def _window_params(self, win: Window) -> dict:
+        return {"expression": self._expression(win.asset),
+                "fileFormat": "GEO_TIFF" if self.config.file_format == "GEO_TIFF" else "NPY",
+                "grid": win.grid()}
+
+    def _params(self, req: PatchRequest) -> dict:
+        """computePixels parameters of one patch."""
+        return self._window_params(Window.around([req]))
 
     def _pace(self) -> None:
         """Space request starts at least ``1 / max_requests_per_s`` apart (GEE: 100 requests/s)."""
@@ -250,50 +452,93 @@ class EarthEngineSource:
         if start > now:
             time.sleep(start - now)
 
-    def _compute(self, req: PatchRequest) -> np.ndarray:
+    def _compute(self, win: Window) -> dict[str, np.ndarray]:
+        """One computePixels request for ``win``: band name -> uint16 (height, width) array."""
         import ee
 
-        params = self._params(req)
+        params = self._window_params(win)
         self._pace()
-        with self._in_flight:  # at most ``concurrency`` requests on the wire; decoding happens outside
-            arr = ee.data.computePixels(params)
-        names = self.config.band_ids + ["QA_PIXEL"]
-        if not isinstance(arr, np.ndarray) or arr.dtype.names is None or any(n not in arr.dtype.names for n in names):
-            raise ValueError(f"computePixels returned {type(arr).__name__} without fields {names}")
-        if arr.shape != (req.size, req.size):
-            raise ValueError(f"computePixels returned shape {arr.shape}, expected {(req.size, req.size)}")
-        return arr
+        try:
+            with self._in_flight:  # at most ``concurrency`` requests on the wire; decoding happens outside
+                data = ee.data.computePixels(params)
+        except ee.EEException as exc:
+            if _status_of(exc) == 400 and "Total request size" in str(exc):
+                raise RequestTooLarge(f"computePixels for {win.describe()} refused: {str(exc)[:300]}") from exc
+            raise
+        return decode_pixels(data, self.config.file_format, self.config.band_ids + ["QA_PIXEL"],
+                             (win.height, win.width))
 
-    def fetch(self, req: PatchRequest) -> Patch:
+    def _cut(self, win: Window, arrays: dict[str, np.ndarray], reqs: list[PatchRequest]) -> list[Patch]:
+        """Each request's patch out of the window, kept or skipped on its own (nodata, clouds)."""
+        c = self.config
+        p = c.patch_size
+        qa = arrays["QA_PIXEL"]
+        bands = [arrays[n] for n in c.band_ids]
+        missing = (qa & 1).astype(bool)
+        missing |= (bands[0] == 0) & (bands[1] == 0) & (bands[2] == 0)
+        clouds = cloud_lookup()[qa]
+        out = []
+        for req in reqs:
+            row, col = win.offset(req)
+            cell = (slice(row, row + p), slice(col, col + p))
+            missing_fraction = np.count_nonzero(missing[cell]) / (p * p)
+            if missing_fraction > c.max_nodata:
+                out.append(Patch(req, None, "nodata", missing_fraction))
+            elif np.count_nonzero(clouds[cell]) / (p * p) > c.max_cloud_fraction:
+                out.append(Patch(req, None, "clouds", missing_fraction))
+            else:
+                out.append(Patch(req, np.stack([b[cell] for b in bands]), None, missing_fraction))
+        return out
+
+    def fetch_block(self, reqs: list[PatchRequest]) -> list[Patch]:
+        """Fetch the patches of one block (requests inside AOI and footprint, same asset and grid) with
+        one request; a window Earth Engine finds too large is split in two and each half fetched."""
         self.initialize()
         c = self.config
-        arr = with_retries(lambda: self._compute(req), f"computePixels for {req.asset} at {req.transform[2]:.0f},"
-                           f"{req.transform[5]:.0f} (EPSG:{req.epsg})", max_attempts=c.max_attempts, backoff_s=c.backoff_s)
-        qa = arr["QA_PIXEL"].astype(np.uint16)
-        bands = np.stack([arr[n] for n in c.band_ids]).astype(np.float64)
-        missing = (qa & 1).astype(bool) | np.all(bands == 0, axis=0)
-        missing_fraction = float(missing.mean())
-        if missing_fraction > c.max_nodata:
-            return Patch(req, None, "nodata", missing_fraction)
-        clouds = qa_cloud_mask(qa, "c2_qa_pixel", shadow=True, fill=False)
-        if float(clouds.mean()) > c.max_cloud_fraction:
-            return Patch(req, None, "clouds", missing_fraction)
-        if c.product == "toa":
-            pixels = np.clip(np.rint(bands * 10000.0), 0, 65535).astype(np.uint16)
-        else:
-            pixels = np.clip(np.rint(bands), 0, 65535).astype(np.uint16)
-        return Patch(req, pixels, None, missing_fraction)
+        win = Window.around(reqs)
+        try:
+            arrays = with_retries(lambda: self._compute(win), f"computePixels for {win.describe()}",
+                                  max_attempts=c.max_attempts, backoff_s=c.backoff_s)
+        except RequestTooLarge:
+            if len(reqs) == 1:
+                raise
+            out: list[Patch | None] = [None] * len(reqs)
+            for half in _halves(win, reqs):
+                for i, patch in zip(half, self.fetch_block([reqs[i] for i in half])):
+                    out[i] = patch
+            return out  # type: ignore[return-value]
+        return self._cut(win, arrays, reqs)
+
+    def fetch(self, req: PatchRequest) -> Patch:
+        if req.outside:
+            return Patch(req, None, "outside")
+        return self.fetch_block([req])[0]
 
     def fetch_many(self, requests: list[PatchRequest]) -> list[Patch]:
-        """Concurrent fetch on the source's pool (at most ``concurrency`` requests in flight)."""
+        """One request per block (per patch where ``block`` is empty), concurrently on the source's pool
+        (at most ``concurrency`` on the wire); ``outside`` rows are never fetched."""
         self.initialize()
         if self._pool is None:
             with _INIT_LOCK:
                 if self._pool is None:
-                    # a few more threads than request slots: one thread decodes while another waits
+                    # a few more threads than request slots: some decode while others wait on the wire
                     workers = self.config.concurrency + max(2, self.config.concurrency // 4)
                     self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ee-fetch")
-        return list(self._pool.map(self.fetch, requests))
+        out: list[Patch | None] = [Patch(r, None, "outside") if r.outside else None for r in requests]
+        groups: dict[Any, list[int]] = {}
+        for i, req in enumerate(requests):
+            if not req.outside:
+                groups.setdefault(req.group or i, []).append(i)
+        futures: list[tuple[Future, list[int]]] = [
+            (self._pool.submit(self.fetch_block, [requests[i] for i in idx]), idx) for idx in groups.values()]
+        try:
+            for fut, idx in futures:
+                for i, patch in zip(idx, fut.result()):
+                    out[i] = patch
+        finally:
+            for fut, _ in futures:
+                fut.cancel()
+        return out  # type: ignore[return-value]
 
     def close(self) -> None:
         if self._pool is not None:

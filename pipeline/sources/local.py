@@ -88,8 +88,9 @@ class LocalSceneSource:
             raise ExportError(f"split for scene {entry.id} must be one of {SPLITS}, got {split!r}")
         return split
 
-    def strata(self) -> list[list[PatchRequest]]:
-        """Candidate patches per scene (one stratum per scene), each shuffled from the seed."""
+    def strata(self) -> list[list[list[PatchRequest]]]:
+        """Candidate patches per scene (one stratum per scene), each shuffled from the seed; every
+        patch is its own block (reading a local scene window costs the same either way)."""
         size, stride = self.config.patch_size, self.config.stride
         out = []
         for entry in self.scenes():
@@ -104,7 +105,7 @@ class LocalSceneSource:
                                              acquired=entry.acquired, sensor=entry.sensor,
                                              split=self.split_of(entry), stratum=entry.id))
             random.Random(f"{self.config.seed}:{entry.id}").shuffle(reqs)
-            out.append(reqs)
+            out.append([[r] for r in reqs])
         return out
 
     def fetch(self, request: PatchRequest) -> Patch:

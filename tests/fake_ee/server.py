@@ -4,17 +4,32 @@ Answers what ``ee.Initialize`` / ``ee.data.listImages`` / ``ee.data.computePixel
 
 * ``GET /$discovery/rest`` - a discovery document (v1) naming the methods used, ``rootUrl``
   pointing back here, ``prettyPrint`` among the global parameters;
-* ``GET /v1/projects/P/algorithms`` - signatures of Image.load / Image.select;
+* ``GET /v1/projects/P/algorithms`` - signatures of the Image algorithms it evaluates
+  (load, select, constant, multiply, round, toUint16, addBands);
 * ``GET /v1/projects/earthengine-public/assets/COLLECTION:listAssets?filter=...`` - images of
   :data:`FAKE_IMAGES` matching the startTime/endTime/intersects/CLOUD_COVER filter;
-* ``POST /v1/projects/P/image:computePixels`` - the requested grid window cut from the real
-  bundled scene behind the asset, as NPY (structured array, one field per band; TOA float32 =
-  DN / 255 * 0.5, QA_PIXEL bit 0 = fill outside the scene, bit 3 = cloud on saturated pixels);
+* ``POST /v1/projects/P/image:computePixels`` - the expression evaluated over the requested grid
+  of the real bundled scene behind the asset (TOA float32 = DN / 255 * 0.5, QA_PIXEL bit 0 =
+  fill outside the image, bit 3 = cloud on saturated pixels), as ``NPY`` (structured array, one
+  field per band) or ``GEO_TIFF`` (one GeoTIFF band per image band, the bands' common dtype);
 * ``POST /token`` - OAuth token endpoint for service-account keys whose ``token_uri`` points here.
 
-Faults are injectable: ``latency_s`` per computePixels (total server time, rendering included), ``max_concurrent`` (extra requests wait),
-``faults`` (a FIFO consumed one per computePixels call: "429", "503", "timeout", "truncated")
-and ``always`` (a fault applied to every computePixels call).
+Quotas, as Earth Engine enforces them per project (each rejection is counted in ``rejected``):
+at most ``max_concurrent`` (40) computePixels requests in progress - one more is answered 429 at
+once, never queued; at most ``max_requests_per_s`` (100) accepted requests in any 1 s window -
+more are answered 429; a request whose pixels exceed ``max_request_bytes`` (48 MiB, counted as
+Earth Engine does: width x height x sum over bands of (itemsize + 1)) is answered 400 with Earth
+Engine's text ``Total request size (N bytes) must be less than or equal to 50331648 bytes.``
+
+A :class:`FakeImage` may span ``tiles`` x ``tiles`` copies of its bundled scene (pixels repeat),
+so benchmarks get Landsat-sized footprints out of small bundled scenes. Evaluated scenes are
+cached per (scene, expression), so serving a window is one slice copy; with ``cache_bytes`` the
+answers themselves are kept for identical requests (other dates of the same scene and grid).
+
+Faults are injectable: ``latency_s`` per computePixels (total server time, rendering included),
+``faults`` (a FIFO consumed one per accepted computePixels call: "429", "503", "timeout",
+"truncated", "garbage" (a 200 body that is no NPY), "wrong_shape" (a valid NPY of another
+shape)) and ``always`` (a fault applied to every accepted call).
 """
 from __future__ import annotations
 
@@ -23,9 +38,10 @@ import json
 import re
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -35,21 +51,45 @@ from pyproj import Transformer
 from pipeline.scenes import read_scene
 
 COLLECTION = "LANDSAT/LE07/C02/T1_TOA"
-# Fake Earth Engine image id -> (bundled 30 m scene, acquisition date, CLOUD_COVER %).
-FAKE_IMAGES = {
-    f"{COLLECTION}/LE07_040028_20010706": ("LT05_040028_20060706", "2001-07-06", 4.0),
-    f"{COLLECTION}/LE07_224078_20020518": ("LC08_224078_20200518_ITAIPU", "2002-05-18", 12.0),
-    f"{COLLECTION}/LE07_038034_20000818": ("LC08_038034_20150818_ZION", "2000-08-18", 8.0),
-    f"{COLLECTION}/LE07_038034_20010821": ("LC08_038034_20150818_ZION", "2001-08-21", 55.0),
+MAX_REQUEST_BYTES = 48 * 2**20
+#: Windows up to this many pixels a side are served by one slice of the (wrapped) evaluated scene.
+WRAP_MARGIN = 2048
+SOURCE_BANDS = ("B3", "B2", "B1", "QA_PIXEL")
+
+
+class FakeImage(NamedTuple):
+    """A fake Earth Engine image: its bundled 30 m scene, acquisition date, CLOUD_COVER (%), and how
+    many copies of the scene it spans along each axis (``tiles`` > 1: pixels wrap around)."""
+
+    scene: str
+    date: str
+    cloud: float
+    tiles: int = 1
+
+
+FAKE_IMAGES: dict[str, FakeImage] = {
+    f"{COLLECTION}/LE07_040028_20010706": FakeImage("LT05_040028_20060706", "2001-07-06", 4.0),
+    f"{COLLECTION}/LE07_224078_20020518": FakeImage("LC08_224078_20200518_ITAIPU", "2002-05-18", 12.0),
+    f"{COLLECTION}/LE07_038034_20000818": FakeImage("LC08_038034_20150818_ZION", "2000-08-18", 8.0),
+    f"{COLLECTION}/LE07_038034_20010821": FakeImage("LC08_038034_20150818_ZION", "2001-08-21", 55.0),
 }
+
+
+def _sig(name: str, args: list[tuple[str, str, bool]]) -> dict:
+    return {"name": f"algorithms/{name}", "description": name, "returnType": "Image<unknown bands>",
+            "arguments": [{"argumentName": a, "type": t, **({"optional": True} if opt else {})} for a, t, opt in args]}
+
+
 ALGORITHMS = [
-    {"name": "algorithms/Image.load", "description": "Returns the image given its ID.", "returnType": "Image<unknown bands>",
-     "arguments": [{"argumentName": "id", "type": "String"},
-                   {"argumentName": "version", "type": "Long", "optional": True, "defaultValue": -1.0}]},
-    {"name": "algorithms/Image.select", "description": "Selects bands.", "returnType": "Image<unknown bands>",
-     "arguments": [{"argumentName": "input", "type": "Image<unknown bands>"},
-                   {"argumentName": "bandSelectors", "type": "List<Object>"},
-                   {"argumentName": "newNames", "type": "List<String>", "optional": True, "defaultValue": None}]},
+    _sig("Image.load", [("id", "String", False), ("version", "Long", True)]),
+    _sig("Image.select", [("input", "Image", False), ("bandSelectors", "List<Object>", False),
+                          ("newNames", "List<String>", True)]),
+    _sig("Image.constant", [("value", "Object", False)]),
+    _sig("Image.multiply", [("image1", "Image", False), ("image2", "Image", False)]),
+    _sig("Image.round", [("value", "Image", False)]),
+    _sig("Image.toUint16", [("value", "Image", False)]),
+    _sig("Image.addBands", [("dstImg", "Image", False), ("srcImg", "Image", False), ("names", "List<String>", True),
+                            ("overwrite", "Boolean", True)]),
 ]
 
 
@@ -87,92 +127,252 @@ def discovery_document(root: str) -> dict:
     }
 
 
+class RequestError(ValueError):
+    """A request the fake answers with an HTTP error (status, Earth Engine-style message)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# --------------------------------------------------------------------------- pixels
+
 @lru_cache(maxsize=8)
 def _scene(scene_id: str):
     return read_scene(scene_id)
 
 
 @lru_cache(maxsize=16)
-def footprint_lonlat(scene_id: str) -> shapely.geometry.Polygon:
+def footprint_lonlat(scene_id: str, tiles: int = 1) -> shapely.geometry.Polygon:
+    """Footprint (EPSG:4326) of ``tiles`` x ``tiles`` copies of the scene, anchored at its upper-left corner."""
     s = _scene(scene_id)
     h, w = s.valid.shape
     tr = Transformer.from_crs(s.epsg, 4326, always_xy=True)
-    corners = [s.transform @ xy for xy in ((0, 0), (w, 0), (w, h), (0, h))]
+    corners = [s.transform @ xy for xy in ((0, 0), (w * tiles, 0), (w * tiles, h * tiles), (0, h * tiles))]
     return shapely.geometry.Polygon([tr.transform(x, y) for x, y in corners])
 
 
-def _grid(scene_id: str) -> dict:
-    s = _scene(scene_id)
+def _grid(image: FakeImage) -> dict:
+    s = _scene(image.scene)
     t = s.transform
-    return {"crsCode": f"EPSG:{s.epsg}", "dimensions": {"width": s.valid.shape[1], "height": s.valid.shape[0]},
+    return {"crsCode": f"EPSG:{s.epsg}",
+            "dimensions": {"width": s.valid.shape[1] * image.tiles, "height": s.valid.shape[0] * image.tiles},
             "affineTransform": {"scaleX": t.a, "shearX": t.b, "translateX": t.c, "shearY": t.d, "scaleY": t.e,
                                 "translateY": t.f}}
 
 
-def render_window(asset: str, bands: list[str], grid: dict) -> np.ndarray:
-    """Cut the requested grid from the bundled scene behind ``asset`` (nearest neighbour)."""
-    scene_id = FAKE_IMAGES[asset][0]
+@lru_cache(maxsize=8)
+def _source_bands(scene_id: str) -> dict[str, np.ndarray]:
+    """The fake image's bands over its scene: B3/B2/B1 TOA float32, QA_PIXEL uint16 (fill where the
+    scene has no data, cloud bit on saturated pixels)."""
     s = _scene(scene_id)
-    epsg = int(grid["crsCode"].split(":")[1])
-    if epsg != s.epsg:
-        raise ValueError(f"fake server only serves {asset} in EPSG:{s.epsg}, got {grid['crsCode']}")
-    w, h = grid["dimensions"]["width"], grid["dimensions"]["height"]
-    at = grid["affineTransform"]
-    xs = at["translateX"] + (np.arange(w) + 0.5) * at["scaleX"]
-    ys = at["translateY"] + (np.arange(h) + 0.5) * at["scaleY"]
-    cols = np.floor((xs - s.transform.c) / s.transform.a).astype(int)
-    rows = np.floor((ys - s.transform.f) / s.transform.e).astype(int)
-    H, W = s.valid.shape
-    inside = ((rows >= 0) & (rows < H))[:, None] & ((cols >= 0) & (cols < W))[None, :]
-    rr, cc = np.clip(rows, 0, H - 1)[:, None], np.clip(cols, 0, W - 1)[None, :]
-    valid = inside & s.valid[rr, cc]
-    rgb = np.where(valid, s.rgb[:, rr, cc], 0)
-    qa = np.where(valid, 0, 1).astype(np.uint16)
-    qa |= np.where(valid & (rgb.mean(axis=0) > 235), 1 << 3, 0).astype(np.uint16)
-    names = {"B3": 0, "B2": 1, "B1": 2}
-    fields = [(b, "<f4") for b in bands if b != "QA_PIXEL"] + ([("QA_PIXEL", "<u2")] if "QA_PIXEL" in bands else [])
-    out = np.zeros((h, w), dtype=fields)
-    for b in bands:
-        if b == "QA_PIXEL":
-            out[b] = qa
-        elif b in names:
-            out[b] = (rgb[names[b]] / 255.0 * 0.5).astype(np.float32)
-        else:
-            raise ValueError(f"band {b!r} not in fake image {asset}")
+    rgb = np.where(s.valid, s.rgb, 0)
+    qa = np.where(s.valid, 0, 1).astype(np.uint16)
+    qa |= np.where(s.valid & (rgb.mean(axis=0) > 235), 1 << 3, 0).astype(np.uint16)
+    bands = {b: (rgb[i] / 255.0 * 0.5).astype(np.float32) for i, b in enumerate(("B3", "B2", "B1"))}
+    bands["QA_PIXEL"] = qa
+    return bands
+
+
+FILL_PIXEL = {"B3": np.zeros((1, 1), np.float32), "B2": np.zeros((1, 1), np.float32),
+              "B1": np.zeros((1, 1), np.float32), "QA_PIXEL": np.ones((1, 1), np.uint16)}
+
+
+def _resolve(values: dict, node: Any) -> Any:
+    while isinstance(node, dict) and "valueReference" in node:
+        node = values[node["valueReference"]]
+    return node
+
+
+def _evaluate(values: dict, node: Any, source: dict[str, np.ndarray]) -> Any:
+    """Evaluate a serialized expression node pixel-wise over ``source`` (band -> 2-D array):
+    images are ordered dicts band -> array; other nodes are plain values."""
+    node = _resolve(values, node)
+    if "constantValue" in node:
+        return node["constantValue"]
+    if "arrayValue" in node:
+        return [_evaluate(values, v, source) for v in node["arrayValue"]["values"]]
+    inv = node.get("functionInvocationValue")
+    if inv is None:
+        raise RequestError(400, f"fake server cannot evaluate expression node {sorted(node)}")
+    name = inv["functionName"]
+    args = {k: _evaluate(values, v, source) for k, v in inv.get("arguments", {}).items()}
+    if name == "Image.load":
+        return dict(source)
+    if name == "Image.constant":
+        return {"constant": np.asarray(args["value"])}
+    if name == "Image.select":
+        image, selectors = args["input"], args["bandSelectors"]
+        missing = [b for b in selectors if b not in image]
+        if missing:
+            raise RequestError(400, f"Image.select: Pattern '{missing[0]}' did not match any bands.")
+        return {new: image[b] for b, new in zip(selectors, args.get("newNames") or selectors)}
+    if name == "Image.multiply":
+        a, b = args["image1"], args["image2"]
+        other = next(iter(b.values())) if len(b) == 1 else None
+        out = {}
+        for k, v in a.items():
+            w = other if other is not None else b[k]
+            floats = v.dtype.kind == "f" or np.asarray(w).dtype.kind == "f"
+            dtype = np.float32 if floats else np.int64  # "the union of the input types" (float32 stays float32)
+            out[k] = (v.astype(dtype) * np.asarray(w, dtype)).astype(dtype)
+        return out
+    if name == "Image.round":  # the nearest integer, halves away from zero
+        return {k: np.copysign(np.floor(np.abs(v) + 0.5), v).astype(v.dtype) if v.dtype.kind == "f" else v
+                for k, v in args["value"].items()}
+    if name == "Image.toUint16":
+        return {k: np.clip(v, 0, 65535).astype(np.uint16) for k, v in args["value"].items()}
+    if name == "Image.addBands":
+        out = dict(args["dstImg"])
+        for k, v in args["srcImg"].items():
+            if args.get("names") and k not in args["names"]:
+                continue
+            if k in out and not args.get("overwrite"):
+                raise RequestError(400, f"Image.addBands: duplicate band name '{k}'")
+            out[k] = v
+        return out
+    raise RequestError(400, f"fake server does not implement {name}")
+
+
+def _structured(bands: dict[str, np.ndarray]) -> np.ndarray:
+    """Band dict (equal shapes) -> structured array, one field per band, in band order."""
+    first = next(iter(bands.values()))
+    out = np.empty(first.shape, dtype=[(k, v.dtype.newbyteorder("<")) for k, v in bands.items()])
+    for k, v in bands.items():
+        out[k] = v
     return out
 
 
-def _parse_expression(expr: dict) -> tuple[str, list[str]]:
-    """(asset id, band selectors) from a serialized Image.select(Image.load(id), bands) graph."""
-    values = expr["values"]
+_EVALUATED: dict[tuple[str, str, bool], tuple[np.ndarray, np.ndarray]] = {}
+_EVALUATED_LOCK = threading.RLock()
 
-    def resolve(node):
-        if "valueReference" in node:
-            return resolve(values[node["valueReference"]])
+
+def evaluated_scene(scene_id: str, expression: str, wrapped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(evaluated scene, evaluated fill pixel) as structured arrays for one expression (its JSON with
+    the asset id blanked: every image of a scene shares it); ``wrapped``: the scene tiled to
+    (H + WRAP_MARGIN, W + WRAP_MARGIN), so a window of repeating pixels is one slice. Cached."""
+    key = (scene_id, expression, wrapped)
+    with _EVALUATED_LOCK:  # one evaluation per key, even when many requests ask at once
+        if key not in _EVALUATED:
+            if wrapped:
+                scene, fill = evaluated_scene(scene_id, expression)
+                h, w = scene.shape
+                reps = (-(-(h + WRAP_MARGIN) // h), -(-(w + WRAP_MARGIN) // w))
+                _EVALUATED[key] = (np.tile(scene, reps)[:h + WRAP_MARGIN, :w + WRAP_MARGIN].copy(), fill)
+            else:
+                _EVALUATED[key] = _evaluate_scene(scene_id, expression)
+        return _EVALUATED[key]
+
+
+def _evaluate_scene(scene_id: str, expression: str) -> tuple[np.ndarray, np.ndarray]:
+    expr = json.loads(expression)
+    values = expr["values"]
+    result = _evaluate(values, values[expr["result"]], _source_bands(scene_id))
+    fill = _evaluate(values, values[expr["result"]], FILL_PIXEL)
+    if not isinstance(result, dict) or not result:
+        raise RequestError(400, "computePixels needs an Image expression")
+    shape = _source_bands(scene_id)["QA_PIXEL"].shape
+    return (_structured({k: np.broadcast_to(v, shape) for k, v in result.items()}),
+            _structured({k: np.broadcast_to(v, (1, 1)) for k, v in fill.items()}))
+
+
+def _indices(start: float, scale: float, n: int, origin: float, pixel: float) -> np.ndarray:
+    """Scene pixel index of each of ``n`` grid pixel centres along one axis."""
+    centres = start + (np.arange(n) + 0.5) * scale
+    return np.floor((centres - origin) / pixel).astype(np.int64)
+
+
+def render(asset: str, expression: str, grid: dict) -> np.ndarray:
+    """The expression over ``grid`` (nearest neighbour) as a structured array (height, width)."""
+    image = FAKE_IMAGES[asset]
+    s = _scene(image.scene)
+    epsg = int(str(grid.get("crsCode", "")).split(":")[-1] or 0)
+    if epsg != s.epsg:
+        raise RequestError(400, f"fake server only serves {asset} in EPSG:{s.epsg}, got {grid.get('crsCode')}")
+    w, h = int(grid["dimensions"]["width"]), int(grid["dimensions"]["height"])
+    at = grid["affineTransform"]
+    rows = _indices(at["translateY"], at["scaleY"], h, s.transform.f, s.transform.e)
+    cols = _indices(at["translateX"], at["scaleX"], w, s.transform.c, s.transform.a)
+    scene, fill = evaluated_scene(image.scene, expression)
+    H, W = scene.shape
+    in_r = (rows >= 0) & (rows < H * image.tiles)
+    in_c = (cols >= 0) & (cols < W * image.tiles)
+    r0, c0 = int(rows[0]) % H, int(cols[0]) % W
+    if np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1) and r0 + h <= H and c0 + w <= W:
+        out = scene[r0:r0 + h, c0:c0 + w].copy()  # consecutive pixels inside one copy of the scene: a slice
+    elif np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1) and h <= WRAP_MARGIN and w <= WRAP_MARGIN:
+        out = evaluated_scene(image.scene, expression, wrapped=True)[0][r0:r0 + h, c0:c0 + w].copy()
+    else:
+        out = scene[(rows % H)[:, None], (cols % W)[None, :]]
+    out[~in_r, :] = fill[0, 0]
+    out[:, ~in_c] = fill[0, 0]
+    return out
+
+
+def _select_expression(bands: list[str]) -> str:
+    return json.dumps({"result": "0", "values": {"0": {"functionInvocationValue": {
+        "functionName": "Image.select", "arguments": {
+            "input": {"functionInvocationValue": {"functionName": "Image.load", "arguments": {}}},
+            "bandSelectors": {"constantValue": list(bands)}}}}}}, sort_keys=True)
+
+
+def render_window(asset: str, bands: list[str], grid: dict) -> np.ndarray:
+    """``Image(asset).select(bands)`` over ``grid`` as a structured array (TOA float32, QA_PIXEL uint16):
+    the reference tests compare exported pixels with."""
+    return render(asset, _select_expression(bands), grid)
+
+
+def request_bytes(arr: np.ndarray) -> int:
+    """Earth Engine's size of a computePixels answer: pixels x sum over bands of (itemsize + 1 mask byte)."""
+    return int(arr.shape[0] * arr.shape[1] * sum(arr.dtype[k].itemsize + 1 for k in arr.dtype.names))
+
+
+def npy_bytes(arr: np.ndarray) -> list:
+    """An NPY file as [header bytes, the array's buffer] (sent as is: no copy of the pixels)."""
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(arr))
+    return [head.getvalue(), memoryview(np.ascontiguousarray(arr)).cast("B")]
+
+
+def geotiff_bytes(arr: np.ndarray, grid: dict) -> bytes:
+    """One GeoTIFF band per field (in field order, described by its name), in the fields' common dtype."""
+    from affine import Affine
+    from rasterio.io import MemoryFile
+
+    names = list(arr.dtype.names)
+    dtype = np.result_type(*[arr.dtype[k] for k in names])
+    at = grid["affineTransform"]
+    transform = Affine(at["scaleX"], at.get("shearX", 0.0), at["translateX"], at.get("shearY", 0.0), at["scaleY"],
+                       at["translateY"])
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=len(names), dtype=dtype,
+                      crs=grid["crsCode"], transform=transform) as ds:
+            for i, k in enumerate(names, start=1):
+                ds.write(arr[k].astype(dtype), i)
+                ds.set_band_description(i, k)
+        return mem.read()
+
+
+def _asset_free(expr: dict) -> tuple[str, str]:
+    """(the expression's JSON with the loaded asset id blanked, that asset id)."""
+    assets = []
+
+    def strip(node):
+        if isinstance(node, dict):
+            inv = node.get("functionInvocationValue")
+            if inv and inv.get("functionName") == "Image.load":
+                ident = _resolve(expr["values"], inv["arguments"]["id"])
+                assets.append(ident["constantValue"])
+                return {"functionInvocationValue": {"functionName": "Image.load", "arguments": {}}}
+            return {k: strip(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
         return node
 
-    asset, bands = None, None
-
-    def walk(node):
-        nonlocal asset, bands
-        node = resolve(node)
-        inv = node.get("functionInvocationValue")
-        if not inv:
-            return
-        args = inv.get("arguments", {})
-        if inv["functionName"] == "Image.load":
-            asset = resolve(args["id"])["constantValue"]
-        elif inv["functionName"] == "Image.select":
-            sel = resolve(args["bandSelectors"])
-            bands = sel.get("constantValue") or [resolve(v)["constantValue"] for v in sel["arrayValue"]["values"]]
-            walk(args["input"])
-        else:
-            raise ValueError(f"fake server does not implement {inv['functionName']}")
-
-    walk(values[expr["result"]])
-    if asset is None:
-        raise ValueError("expression loads no image")
-    return asset, bands or ["B3", "B2", "B1"]
+    values = {k: strip(v) for k, v in expr["values"].items()}
+    if len(set(assets)) != 1:
+        raise RequestError(400, f"fake server evaluates expressions over exactly one image, got {sorted(set(assets))}")
+    return json.dumps({"result": expr["result"], "values": values}, sort_keys=True), assets[0]
 
 
 def parse_filter(flt: str) -> dict:
@@ -185,24 +385,34 @@ def parse_filter(flt: str) -> dict:
 
 
 def _match(image_id: str, flt: dict) -> bool:
-    scene_id, date, cloud = FAKE_IMAGES[image_id]
-    return (all(date >= v for v in flt["start"]) and all(date < v for v in flt["end"])
-            and all(cloud < v for v in flt["cloud"])
-            and all(r.intersects(footprint_lonlat(scene_id)) for r in flt["regions"]))
+    image = FAKE_IMAGES[image_id]
+    return (all(image.date >= v for v in flt["start"]) and all(image.date < v for v in flt["end"])
+            and all(image.cloud < v for v in flt["cloud"])
+            and all(r.intersects(footprint_lonlat(image.scene, image.tiles)) for r in flt["regions"]))
 
+
+# --------------------------------------------------------------------------- server
 
 class FakeEarthEngine:
     """Context manager running the fake server in a thread; ``url`` is its base URL."""
 
     def __init__(self, latency_s: float = 0.0, max_concurrent: int = 40, faults: list[str] | None = None,
-                 always: str | None = None, timeout_sleep_s: float = 3.0):
+                 always: str | None = None, timeout_sleep_s: float = 3.0, max_requests_per_s: float = 100.0,
+                 max_request_bytes: int = MAX_REQUEST_BYTES, cache_bytes: int = 0):
         self.latency_s, self.always, self.timeout_sleep_s = latency_s, always, timeout_sleep_s
+        self.max_concurrent, self.max_requests_per_s, self.max_request_bytes = max_concurrent, max_requests_per_s, max_request_bytes
         self.faults = deque(faults or [])
-        self.slots = threading.BoundedSemaphore(max_concurrent)
+        self.cache_bytes = cache_bytes  # answers kept for identical requests (same scene, expression, grid)
+        self._answers: OrderedDict[tuple, tuple[list, str]] = OrderedDict()
+        self._cached = 0
         self.lock = threading.Lock()
         self.counts = {"computePixels": 0, "listAssets": 0, "algorithms": 0, "discovery": 0, "token": 0}
+        self.rejected = {"concurrency": 0, "rate": 0, "size": 0}
+        self.formats: dict[str, int] = {}
         self.in_flight = 0
         self.max_in_flight = 0
+        self.max_pixels = 0
+        self._starts: deque[float] = deque()
         self.auth_headers: list[str] = []
         self._server: ThreadingHTTPServer | None = None
 
@@ -240,23 +450,47 @@ class FakeEarthEngine:
             self.counts[key] += 1
 
     @staticmethod
-    def _send(h, status: int, body: bytes, ctype: str = "application/json", truncate: bool = False) -> None:
+    def _send(h, status: int, body: bytes | list, ctype: str = "application/json", truncate: bool = False) -> None:
+        parts = body if isinstance(body, list) else [body]
+        size = sum(len(part) for part in parts)
         h.send_response(status)
         h.send_header("Content-Type", ctype)
-        h.send_header("Content-Length", str(len(body)))
+        h.send_header("Content-Length", str(size))
         if truncate:
             h.send_header("Connection", "close")
         h.end_headers()
-        h.wfile.write(body[: len(body) // 2] if truncate else body)
         if truncate:
+            h.wfile.write(b"".join(bytes(part) for part in parts)[: size // 2])
             h.wfile.flush()
             h.close_connection = True
+            return
+        for part in parts:
+            h.wfile.write(part)
 
     def _json(self, h, obj, status: int = 200) -> None:
         self._send(h, status, json.dumps(obj).encode())
 
     def _error(self, h, status: int, message: str) -> None:
-        self._json(h, {"error": {"code": status, "message": message, "status": "ERROR"}}, status)
+        reason = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
+        self._json(h, {"error": {"code": status, "message": message, "status": reason.get(status, "ERROR")}}, status)
+
+    def _admit(self) -> str | None:
+        """Take a request slot, or say which quota refuses it ("concurrency", "rate")."""
+        with self.lock:
+            now = time.monotonic()
+            while self._starts and now - self._starts[0] >= 1.0:
+                self._starts.popleft()
+            if self.in_flight >= self.max_concurrent:
+                refused = "concurrency"
+            elif len(self._starts) >= self.max_requests_per_s:
+                refused = "rate"
+            else:
+                self._starts.append(now)
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                return None
+            self.rejected[refused] += 1
+            return refused
 
     # --- routes ---
     def _get(self, h) -> None:
@@ -273,10 +507,10 @@ class FakeEarthEngine:
             flt = parse_filter(parse_qs(url.query).get("filter", [""])[0])
             parent = m.group(1)
             images = [{"type": "IMAGE", "id": iid, "name": f"projects/earthengine-public/assets/{iid}",
-                       "startTime": f"{FAKE_IMAGES[iid][1]}T17:30:00Z",
-                       "geometry": shapely.geometry.mapping(footprint_lonlat(FAKE_IMAGES[iid][0])),
-                       "properties": {"CLOUD_COVER": FAKE_IMAGES[iid][2]},
-                       "bands": [{"id": b, "dataType": {"precision": "FLOAT"}, "grid": _grid(FAKE_IMAGES[iid][0])}
+                       "startTime": f"{FAKE_IMAGES[iid].date}T17:30:00Z",
+                       "geometry": shapely.geometry.mapping(footprint_lonlat(FAKE_IMAGES[iid].scene, FAKE_IMAGES[iid].tiles)),
+                       "properties": {"CLOUD_COVER": FAKE_IMAGES[iid].cloud},
+                       "bands": [{"id": b, "dataType": {"precision": "FLOAT"}, "grid": _grid(FAKE_IMAGES[iid])}
                                  for b in ("B1", "B2", "B3")]}
                       for iid in sorted(FAKE_IMAGES) if iid.startswith(parent + "/") and _match(iid, flt)]
             return self._json(h, {"assets": json.loads(json.dumps(images))})
@@ -293,53 +527,112 @@ class FakeEarthEngine:
         self._count("computePixels")
         with self.lock:
             self.auth_headers.append(h.headers.get("Authorization", ""))
+        refused = self._admit()
+        if refused == "concurrency":
+            return self._error(h, 429, "Too many concurrent aggregations.")
+        if refused == "rate":
+            return self._error(h, 429, f"Too Many Requests: more than {self.max_requests_per_s:g} requests per second "
+                                       "for this project.")
+        with self.lock:
             fault = self.faults.popleft() if self.faults else self.always
-        with self.slots:
-            with self.lock:
-                self.in_flight += 1
-                self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            t0 = time.perf_counter()
+        t0 = time.perf_counter()
+        try:
+            if fault in ("429", "503"):
+                time.sleep(self.latency_s)
+                return self._error(h, int(fault), "Too many concurrent aggregations." if fault == "429"
+                                   else "Service unavailable.")
+            if fault == "timeout":
+                time.sleep(self.timeout_sleep_s)
             try:
-                if fault in ("429", "503"):
-                    time.sleep(self.latency_s)
-                    return self._error(h, int(fault), "Too many concurrent aggregations." if fault == "429"
-                                       else "Service unavailable.")
-                if fault == "timeout":
-                    time.sleep(self.timeout_sleep_s)
-                try:
-                    req = json.loads(body)
-                    asset, bands = _parse_expression(req["expression"])
-                    if asset not in FAKE_IMAGES:
-                        return self._error(h, 404, f"Image asset '{asset}' not found.")
-                    arr = render_window(asset, bands, req["grid"])
-                except (KeyError, ValueError) as exc:
-                    return self._error(h, 400, str(exc))
-                buf = io.BytesIO()
-                np.save(buf, arr)
-                # latency_s = the whole server-side time of a request (rendering included)
-                time.sleep(max(0.0, self.latency_s - (time.perf_counter() - t0)))
-                self._send(h, 200, buf.getvalue(), "application/octet-stream", truncate=fault == "truncated")
-            finally:
-                with self.lock:
-                    self.in_flight -= 1
+                payload, ctype = self._compute_pixels(json.loads(body), fault)
+            except RequestError as exc:
+                return self._error(h, exc.status, str(exc))
+            except (KeyError, TypeError, ValueError) as exc:
+                return self._error(h, 400, f"Invalid request: {type(exc).__name__}: {exc}")
+            # latency_s = the whole server-side time of a request (rendering included)
+            time.sleep(max(0.0, self.latency_s - (time.perf_counter() - t0)))
+            self._send(h, 200, payload, ctype, truncate=fault == "truncated")
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _compute_pixels(self, req: dict, fault: str | None) -> tuple[list, str]:
+        expression, asset = _asset_free(req["expression"])
+        if asset not in FAKE_IMAGES:
+            raise RequestError(404, f"Image asset '{asset}' not found.")
+        fmt = req.get("fileFormat", "NPY")
+        if fmt not in ("NPY", "GEO_TIFF"):
+            raise RequestError(400, f"fake server serves fileFormat NPY and GEO_TIFF, not {fmt}")
+        dims = req["grid"]["dimensions"]
+        scene, _ = evaluated_scene(FAKE_IMAGES[asset].scene, expression)
+        size = int(dims["width"]) * int(dims["height"]) * sum(scene.dtype[k].itemsize + 1 for k in scene.dtype.names)
+        if size > self.max_request_bytes:
+            with self.lock:
+                self.rejected["size"] += 1
+            raise RequestError(400, f"Total request size ({size} bytes) must be less than or equal to "
+                                    f"{self.max_request_bytes} bytes.")
+        with self.lock:
+            self.formats[fmt] = self.formats.get(fmt, 0) + 1
+            self.max_pixels = max(self.max_pixels, int(dims["width"]) * int(dims["height"]))
+        if fault == "garbage":
+            return [b"this is not an NPY file" * 64], "application/octet-stream"
+        image = FAKE_IMAGES[asset]
+        key = (image.scene, image.tiles, expression, json.dumps(req["grid"], sort_keys=True), fmt)
+        with self.lock:
+            if key in self._answers and fault is None:
+                self._answers.move_to_end(key)
+                return self._answers[key]
+        arr = render(asset, expression, req["grid"])
+        if fault == "wrong_shape":
+            arr = arr[: max(1, arr.shape[0] // 2)]
+        answer = ([geotiff_bytes(arr, req["grid"])], "image/tiff") if fmt == "GEO_TIFF" else \
+            (npy_bytes(arr), "application/octet-stream")
+        if fault is None and self.cache_bytes:
+            with self.lock:
+                self._answers[key] = answer
+                self._cached += sum(len(part) for part in answer[0])
+                while self._cached > self.cache_bytes:
+                    self._cached -= sum(len(part) for part in self._answers.popitem(last=False)[1][0])
+        return answer
+
+
+def add_bench_images(n: int, scenes: dict[str, int]) -> list[str]:
+    """Add ``n`` more fake images (dates) over ``scenes`` (bundled scene -> tiles; round robin), each
+    ``tiles`` x ``tiles`` copies of its scene; returns their ids."""
+    ids = []
+    names = list(scenes)
+    for k in range(n):
+        iid = f"{COLLECTION}/BENCH_{k:04d}"
+        scene = names[k % len(names)]
+        day = k // len(names)
+        FAKE_IMAGES[iid] = FakeImage(scene, f"{2000 + day // 336}-{1 + day // 28 % 12:02d}-{1 + day % 28:02d}", 1.0,
+                                     scenes[scene])
+        ids.append(iid)
+    return ids
 
 
 def main() -> None:
-    """Run the fake server in its own process (the benchmark does, so that the server's numpy
-    work does not share a GIL with the client): prints its URL, serves until killed."""
+    """Run the fake server in its own process (the benchmarks do, so that the server's numpy work
+    does not share a GIL with the client): prints its URL, serves until killed."""
     import argparse
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--max-concurrent", type=int, default=40)
-    ap.add_argument("--extra-dates", type=int, default=0, help="add N more fake images (dates) of the same scenes")
+    ap.add_argument("--max-rate", type=float, default=100.0, help="accepted requests per second")
+    ap.add_argument("--extra-dates", type=int, default=0, help="add N more fake images (dates) of the scenes")
+    ap.add_argument("--cache-mb", type=int, default=0, help="keep answers to identical requests (MiB)")
+    ap.add_argument("--scenes", default="", help="SCENE:TILES,... bundled scenes of the extra images and how many "
+                                                 "copies of the scene each spans along an axis")
     args = ap.parse_args()
-    scenes = sorted({v[0] for v in FAKE_IMAGES.values()})
-    for k in range(args.extra_dates):
-        FAKE_IMAGES[f"{COLLECTION}/BENCH_{k:03d}"] = (scenes[k % len(scenes)], f"2002-{1 + k % 12:02d}-{1 + k % 28:02d}", 1.0)
-    for scene in scenes:  # warm the scene cache before announcing the URL
-        footprint_lonlat(scene)
-    with FakeEarthEngine(latency_s=args.latency, max_concurrent=args.max_concurrent) as fake:
+    scenes = ({name: int(tiles or 1) for name, _, tiles in (item.partition(":") for item in args.scenes.split(","))}
+              if args.scenes else {v.scene: 1 for v in FAKE_IMAGES.values()})
+    add_bench_images(args.extra_dates, scenes)
+    for scene, tiles in scenes.items():  # warm the scene caches before announcing the URL
+        footprint_lonlat(scene, tiles)
+        _source_bands(scene)
+    with FakeEarthEngine(latency_s=args.latency, max_concurrent=args.max_concurrent,
+                         max_requests_per_s=args.max_rate, cache_bytes=args.cache_mb * 2**20) as fake:
         print(fake.url, flush=True)
         threading.Event().wait()
 

@@ -1,0 +1,131 @@
+"""prepare-dataset through Prefect's Dask integration: one retried Prefect task per shard on
+prefect-dask's DaskTaskRunner, on a LocalCluster and on an existing scheduler (separate processes)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prepare_helpers import small_prepare_config
+
+from pipeline.edges import edges_for_batch
+from pipeline.prepare import DaskConfig
+from pipeline.store import Radiometry, open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+async def _task_runs(flow_run_ids):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flow_run_ids))))
+
+
+async def _subflow_runs(parent_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    async with get_client() as client:
+        return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
+
+
+def _run_flow(store: Path, scheduler: str | None = None) -> tuple[dict, list]:
+    from flows.prepare import prepare_dataset_flow
+
+    state = prepare_dataset_flow(store=str(store), scheduler=scheduler, seed=0,
+                                 config=small_prepare_config().model_dump(), return_state=True)
+    result = state.result()
+    parent = state.state_details.flow_run_id
+    subflows = asyncio.run(_subflow_runs(parent))
+    runs = asyncio.run(_task_runs([parent, *(f.id for f in subflows)]))
+    return result, [r for r in runs if r.name.startswith("edges-shard-")]
+
+
+def _assert_edges(store: Path) -> None:
+    g = open_store(store)
+    np.testing.assert_array_equal(g["edges"][:], edges_for_batch(Radiometry().to_unit(g["images"][:])))
+    assert g["edges_done"][:].all()
+
+
+def test_flow_runs_one_retried_prefect_task_per_shard_on_a_local_cluster(prefect_harness, real_store):
+    result, runs = _run_flow(real_store)
+    n_shards = result["shards_total"]
+    assert n_shards > 2 and result["shards_computed"] == n_shards
+    assert sorted(r.name for r in runs) == sorted(f"edges-shard-{k}" for k in range(n_shards))
+    assert all(r.state.is_completed() and r.empirical_policy.retries == 2 for r in runs)
+    _assert_edges(real_store)
+    json.dumps(result)  # a small summary, never arrays
+    again, runs_again = _run_flow(real_store)  # resumable: finished shards are not redone
+    assert again["shards_computed"] == 0 and again["shards_skipped"] == n_shards and runs_again == []
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+
+
+@pytest.fixture
+def dask_scheduler(tmp_path):
+    """`dask scheduler` + one `dask worker` on 127.0.0.1, as a user's cluster would be started."""
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "2", "--no-nanny",
+                                       "--no-dashboard", "--host", "127.0.0.1"],
+                                      cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        import distributed
+
+        with distributed.Client(address, timeout="30s") as c:
+            c.wait_for_workers(1, timeout=60)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:  # a worker still retiring under load: never leak it
+                p.kill()
+                p.wait(timeout=20)
+
+
+def test_flow_on_an_existing_scheduler_by_address(prefect_harness, dask_scheduler, real_store):
+    import distributed
+
+    result, runs = _run_flow(real_store, scheduler=dask_scheduler)
+    n_shards = result["shards_total"]
+    assert result["shards_computed"] == n_shards and len(runs) == n_shards
+    assert all(r.state.is_completed() for r in runs)
+    _assert_edges(real_store)
+    with distributed.Client(dask_scheduler) as c:
+        executed = c.run(lambda dask_worker: dask_worker.state.executed_count)
+        pids = c.run(os.getpid)
+    assert sum(executed.values()) >= n_shards  # the shard tasks ran on that worker ...
+    assert os.getpid() not in pids.values()  # ... a separate process
+
+
+def test_unreachable_scheduler_fails_the_flow_clearly(prefect_harness, real_store):
+    from flows.prepare import prepare_dataset_flow
+
+    state = prepare_dataset_flow(store=str(real_store), scheduler="tcp://127.0.0.1:1",
+                                 config=small_prepare_config().model_dump(), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(OSError, match="127.0.0.1:1"):
+        state.result()
+    g = open_store(real_store)
+    assert not g["edges_done"][:].any() and "pairings" not in g  # no shard ran, nothing after edges either

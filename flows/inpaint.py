@@ -17,6 +17,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from models.inpaint_scene import InpaintSceneConfig, OtherBands, default_output, inpaint_scene, output_paths
+from pipeline.pictures import picture_markdown
 from pipeline.scene_masks import MaskKind, MaskSource
 
 DEMO_OUT = Path("demo_out/everest")
@@ -56,7 +57,8 @@ def inpaint_scene_flow(input: str | None = None, output: str | None = None, mode
     into ``demo_out_dir``."""
     if input is None:
         result = everest_demo_task(model, demo_out_dir, device)
-        create_markdown_artifact(key="inpaint-everest-demo", markdown=Path(result["summary_md"]).read_text())
+        create_markdown_artifact(key="inpaint-everest-demo", markdown=Path(result["summary_md"]).read_text() + "\n"
+                                 + picture_markdown(result["quicklook"], "quicklook: input | mask | output"))
         return result
     if output is None:
         output = str(default_output(input))
@@ -72,7 +74,8 @@ def inpaint_scene_flow(input: str | None = None, output: str | None = None, mode
                   f"{summary['seconds']:.1f} s. Other bands {summary['other_bands']}: "
                   f"{summary['other_bands_handling']}. Holes: mask source `{summary['mask_source']}`; "
                   f"nodata: {summary['nodata_rule']}.{notes}\n\nCOG `{summary['output']}`, "
-                  f"quicklook `{summary['quicklook']}`, STAC `{summary['stac_item']}`"))
+                  f"STAC `{summary['stac_item']}`\n\n"
+                  + picture_markdown(summary["quicklook"], "quicklook: input | mask | output")))
     return summary
 
 

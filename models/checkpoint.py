@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,13 +119,11 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any], *, step: int, keep: 
     payload = {"format": CHECKPOINT_FORMAT, "step": int(step), **payload}
     step_path = ckpt_dir / f"step-{int(step)}.pt"
     atomic_torch_save(payload, step_path)
-    tmp_link = ckpt_dir / f".last.{os.getpid()}.tmp"
-    tmp_link.unlink(missing_ok=True)
-    try:
-        os.link(step_path, tmp_link)
-    except OSError:  # filesystems without hard links
-        atomic_torch_save(payload, tmp_link)
-    os.replace(tmp_link, ckpt_dir / "last.pt")
+    with atomic_path(ckpt_dir / "last.pt", fsync=False) as tmp:  # the step file is already synced
+        try:
+            os.link(step_path, tmp)
+        except OSError:  # filesystems without hard links
+            shutil.copyfile(step_path, tmp)
     steps = sorted(ckpt_dir.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
     for old in steps[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
@@ -185,11 +184,12 @@ def save_inference_bundle(run_dir: str | Path, *, edge_generator: nn.Module, inp
     return run_dir
 
 
-def load_inference_bundle(run_dir_or_name: str | Path, device: str | torch.device = "cpu") -> InferenceBundle:
-    """Load G1 and G2 (eval mode, on ``device``) from a run dir or a registry name."""
-    from models.registry import resolve_model
-
-    run_dir = resolve_model(run_dir_or_name)
+def load_inference_bundle(run_dir: str | Path, device: str | torch.device = "cpu") -> InferenceBundle:
+    """Load G1 and G2 (eval mode, on ``device``) from a run directory (registry names and
+    ``"current"``: :func:`models.registry.load_model`)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a run directory (for a registry name use models.registry.load_model)")
     meta = read_run_config(run_dir)
     cfg = run_model_config(meta)
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", architecture_hash=cfg.architecture_hash())

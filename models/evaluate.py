@@ -93,9 +93,9 @@ class ModelFill:
 
     @classmethod
     def load(cls, model: str | Path, device: str = "cpu") -> "ModelFill":
-        from models.checkpoint import load_inference_bundle
+        from models.registry import load_model
 
-        b = load_inference_bundle(model, device)
+        b = load_model(model, device)
         return cls(b.edge_generator, b.inpaint_generator, b.radiometry, b.edge_params, b.patch_size, device, b.name)
 
     def __call__(self, stored: np.ndarray, hole: np.ndarray, radiometry: Radiometry) -> tuple[np.ndarray, np.ndarray]:

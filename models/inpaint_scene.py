@@ -55,8 +55,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from rasterio.windows import Window
 
 from models.inference import FillFn, InferenceStats, TilingConfig, avoid_nodata, composite, inpaint_strips, model_fill_fn
+from pipeline.atomic_io import AtomicFiles
 from pipeline.edges import EdgeParams
-from pipeline.raster_io import (AtomicOutputs, RasterInputError, SceneInfo, copy_metadata, describe_invalid,
+from pipeline.raster_io import (RasterInputError, SceneInfo, copy_metadata, describe_invalid,
                                 gdal_env, inspect_scene, nodata_from_values, nodata_mask, output_profile,
                                 read_bands, read_decimated, to_cog)
 from pipeline.scene_masks import MaskSource, SceneMasker
@@ -210,10 +211,11 @@ def _require_some_valid(info: SceneInfo, src) -> None:
 
 
 def _load_bundle(model, device: str):
-    from models.checkpoint import CheckpointError, load_inference_bundle
+    from models.checkpoint import CheckpointError
+    from models.registry import load_model
 
     try:
-        return load_inference_bundle(model, device=device)
+        return load_model(model, device=device)
     except KeyError as exc:
         raise InpaintError(str(exc.args[0]) if exc.args else str(exc)) from exc
     except CheckpointError as exc:
@@ -278,7 +280,7 @@ def inpaint_scene(cfg: InpaintSceneConfig, *, bundle=None, fill_fn: FillFn | Non
 
         radiometry = scene_radiometry(info, model_rad, src, sample)
         in_range = _nodata_in_range(info, sample)
-        with AtomicOutputs(list(paths.values())) as atomic:
+        with AtomicFiles(list(paths.values())) as atomic:
             tmp_data, tmp_mask = atomic.temp("data.tif"), atomic.temp("mask.tif")
             try:
                 counts = _stream(src, info, masker, fill_fn, radiometry, edge_params, tiling, stats,

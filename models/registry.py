@@ -28,14 +28,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, read_run_config, run_model_config
-from pipeline.atomic_io import atomic_write_json
+import torch
+
+from models.checkpoint import (CheckpointError, InferenceBundle, atomic_torch_save, load_checkpoint,
+                               load_inference_bundle, read_run_config, run_model_config)
+from pipeline.atomic_io import atomic_dir, atomic_write_json
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 PRIMARY_METRIC = "hole_psnr"
@@ -115,6 +116,11 @@ def resolve_model(name_or_path: str | Path) -> Path:
                    f"known models: {list_models(root)}")
 
 
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> InferenceBundle:
+    """G1 and G2 of a run dir, ``"current"`` or a registry name (:func:`resolve_model`), ready for inference."""
+    return load_inference_bundle(resolve_model(name_or_path), device)
+
+
 def register_model(run_dir: str | Path, *, metrics: dict[str, Any] | None = None, name: str | None = None,
                    root: Path | None = None) -> dict[str, Any]:
     """Copy a finished run's weights (no optimiser state) into the registry and add an entry.
@@ -138,18 +144,12 @@ def register_model(run_dir: str | Path, *, metrics: dict[str, Any] | None = None
     if metrics is None:
         metrics_path = run_dir / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    try:
+    with atomic_dir(root / name) as staging:
         slim = {k: ckpt[k] for k in ("format", "architecture_hash", "step", "epoch", "stage", "models") if k in ckpt}
         atomic_torch_save(slim, staging / "checkpoints" / "last.pt")
         meta["name"] = name
         atomic_write_json(staging / "config.json", meta)
         atomic_write_json(staging / "metrics.json", metrics)
-        os.replace(staging, root / name)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     entry = {"name": name, "version": version, "run_dir": name, "source_run_dir": source,
              "config": meta["model_config"], "data_version": meta.get("data_version", ""), "metrics": metrics,
              "step": step,
@@ -216,5 +216,5 @@ def promote_if_better(candidate: str, *, metric: str = PRIMARY_METRIC, higher_is
 
 
 __all__ = ["CheckpointError", "PRIMARY_METRIC", "SHIPPED_DIR", "edgefill_home", "registry_dir", "resolve_model",
-           "register_model", "set_current", "promote_if_better", "PromotionDecision", "list_models", "current_model",
+           "load_model", "register_model", "set_current", "promote_if_better", "PromotionDecision", "list_models", "current_model",
            "load_index", "shipped_index"]

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from pipeline.atomic_io import atomic_path, atomic_write_text
+from pipeline.pictures import picture_markdown
 
 
 class RunLog:
@@ -97,7 +98,8 @@ def save_loss_plot(run_dir: Path, path: Path | None = None) -> Path | None:
 
 def training_summary_markdown(summary: dict, metrics: dict, title: str) -> str:
     """Markdown for a finished run: steps, G1 loss stage, held-out hole L1, speed, primary metric,
-    warnings and the last two sample grids (``summary`` = ``asdict(TrainSummary)``)."""
+    warnings and the last two pictures, the last sample grid and the loss plot
+    (:func:`pipeline.pictures.picture_markdown`; ``summary`` = ``asdict(TrainSummary)``)."""
     from models.registry import PRIMARY_METRIC
 
     images = [s for s in summary.get("samples", []) if s.endswith(".png")]
@@ -109,7 +111,7 @@ def training_summary_markdown(summary: dict, metrics: dict, title: str) -> str:
           f"| images/s | {summary['images_per_s']:.2f} on {summary['device']} x {summary['world_size']} |",
           f"| {PRIMARY_METRIC} (validation pairings, deployment path) | {metrics[PRIMARY_METRIC]:.3f} dB |"]
     md += [f"| warning | {w} |" for w in summary.get("warnings", [])]
-    md += [""] + [f"![{Path(p).name}]({Path(p).resolve().as_uri()})" for p in images[-2:]]
+    md += [""] + [picture_markdown(p, Path(p).name) for p in images[-2:]]
     return "\n".join(md)
 
 

@@ -34,9 +34,9 @@ from models.networks import edge_connect_forward
 from models.reporting import RunLog, save_loss_plot, save_sample_grid
 from models.trainer import Trainer, TrainingDivergedError
 from pipeline.atomic_io import atomic_write_json
-from pipeline.dataset import PREPARED_ARRAYS, EvalPairs, TrainingSamples, store_edge_params
+from pipeline.dataset import PREPARED_ARRAYS, EvalPairs, TrainingSamples
 from pipeline.pairings import EVAL_SPLITS
-from pipeline.store import StoreError, open_store, store_radiometry
+from pipeline.store import StoreError, open_store, read_meta
 
 log = logging.getLogger("edgefill.train")
 
@@ -117,9 +117,9 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
     store, run_dir = Path(store), Path(run_dir)
     t = cfg.train
     group = open_prepared_store(store)
-    radiometry, edge_params = store_radiometry(group), store_edge_params(group)
-    data_version = str(group.attrs.get("config_hash", ""))
-    patch_size = int(group.attrs["patch_size"])
+    meta = read_meta(group)
+    radiometry, edge_params = meta.radiometry, meta.prepare.edges()
+    data_version, patch_size = meta.config_hash, meta.patch_size
     world, rank, local, dev = _dist_setup(device)
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

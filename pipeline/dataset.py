@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.edges import EdgeParams, known_edges
-from pipeline.pairings import EVAL_SPLITS, PairingConfig, train_kind_pools
-from pipeline.store import StoreError, open_store, patch_indices, store_radiometry
+from pipeline.edges import known_edges
+from pipeline.pairings import EVAL_SPLITS, train_kind_pools
+from pipeline.store import StoreError, open_store, patch_indices, read_meta
 
 PREPARED_ARRAYS = ("images", "edges", "masks", "masks_kind", "masks_ratio", "masks_split")
 #: Mask kinds whose orientation is physical (scan-gap tilt): never rotated or flipped.
@@ -52,19 +52,6 @@ def apply_aug(x: np.ndarray, aug: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def store_edge_params(group) -> EdgeParams:
-    """The edge parameters prepare used for this store (defaults when it recorded none)."""
-    prep = group.attrs.get("prepare", {}) or {}
-    params = prep.get("edge_params") if isinstance(prep, dict) else None
-    return EdgeParams(**params) if params else EdgeParams()
-
-
-def store_pairing_config(group) -> PairingConfig:
-    prep = group.attrs.get("prepare", {}) or {}
-    cfg = (prep.get("config") or {}).get("pairings") if isinstance(prep, dict) else None
-    return PairingConfig(**cfg) if cfg else PairingConfig()
-
-
 class _StoreItems(Dataset):
     """Shared plumbing: lazy worker-safe group, radiometry, edge parameters, item assembly."""
 
@@ -73,9 +60,10 @@ class _StoreItems(Dataset):
         group = open_store(self.store_path, "r", require=PREPARED_ARRAYS)
         self.mask_kind = np.asarray(group["masks_kind"][:])
         self.mask_split = np.asarray(group["masks_split"][:])
-        self.radiometry = store_radiometry(group)
-        self.edge_params = store_edge_params(group)
-        self.patch_size = int(group.attrs["patch_size"])
+        meta = read_meta(group)
+        self.radiometry = meta.radiometry
+        self.edge_params = meta.prepare.edges()
+        self.patch_size = meta.patch_size
         self._group = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -150,7 +138,7 @@ class TrainingSamples(_StoreItems):
             raise ValueError(f"crop_size {crop_size} must be a multiple of 4 and <= patch size {self.patch_size}")
         self.crop_size, self.seed, self.augment = crop_size, seed, augment
         self.pools, self.pool_p = train_kind_pools(self.mask_kind, self.mask_split,
-                                                   store_pairing_config(group).kind_weights)
+                                                   read_meta(group).prepare.pairings().kind_weights)
 
     def __len__(self) -> int:
         return len(self.images)

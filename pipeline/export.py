@@ -35,10 +35,11 @@ from pydantic import BaseModel
 from zarr.codecs import BloscCodec
 
 from pipeline.export_config import ExportConfig, ExportError
+from pipeline.pictures import picture_markdown
 from pipeline.sampling import flatten_blocks
 from pipeline.shard_io import write_shard as write_shard_file
 from pipeline.sources.base import PatchRequest, PatchSource, SourceError
-from pipeline.store import PER_PATCH_ARRAYS, StoreError, config_hash, create_store, open_store
+from pipeline.store import PER_PATCH_ARRAYS, StoreError, config_hash, create_store, dimension_names, open_store
 
 #: Test hook: ``"K"`` or ``"K:images"`` - every shard job ``k >= K`` stops (until killed) after fetching,
 #: before writing anything (``"K"``), or right after writing its ``images`` shard (``"K:images"``).
@@ -108,7 +109,7 @@ def _fast_images_codec(group: zarr.Group) -> None:
     patch) and ~2x cheaper to read, for ~40 % more bytes."""
     images = group["images"]
     group.create_array("images", shape=images.shape, dtype=images.dtype, chunks=images.chunks, shards=images.shards,
-                       fill_value=0, overwrite=True,
+                       fill_value=0, overwrite=True, dimension_names=images.metadata.dimension_names,
                        compressors=BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle",
                                               typesize=np.dtype(images.dtype).itemsize))
 
@@ -127,9 +128,11 @@ def create_export_store(config: ExportConfig, source: PatchSource, candidates: l
                              source=source.name, export_config=data_config)
         s = config.shard_patches
         _fast_images_codec(group)
-        group.create_array("skip_reason", shape=group["valid"].shape, dtype=str, chunks=(s,), fill_value="")
+        group.create_array("skip_reason", shape=group["valid"].shape, dtype=str, chunks=(s,), fill_value="",
+                           dimension_names=dimension_names("skip_reason"))
         plan = group.create_array("export_plan", shape=(len(candidates),), dtype=str,
-                                  chunks=(min(max(len(candidates), 1), 8192),), fill_value="")
+                                  chunks=(min(max(len(candidates), 1), 8192),), fill_value="",
+                                  dimension_names=dimension_names("export_plan"))
         if candidates:
             plan[:] = np.array([c.model_dump_json() for c in candidates])
         meta = getattr(source, "scene_metadata", lambda: {})()
@@ -392,7 +395,7 @@ def summary_markdown(summary: ExportSummary) -> str:
              f"| skipped | {skips} |", f"| shards | {summary.shards_total} ({summary.shards_written_now} written this run) |",
              f"| failures | {len(summary.failures)} |", f"| seconds | {summary.seconds} |"]
     if summary.quicklook:
-        lines += ["", f"Quicklook mosaic: `{summary.quicklook}`", "", f"![quicklook]({Path(summary.quicklook).resolve().as_uri()})"]
+        lines += ["", picture_markdown(summary.quicklook, "Quicklook mosaic")]
     if summary.failures:
         lines += ["", "## Failures", *[f"- {f}" for f in summary.failures[-10:]]]
     return "\n".join(lines)

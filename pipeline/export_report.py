@@ -8,7 +8,7 @@ import zarr
 from PIL import Image
 
 from pipeline.atomic_io import atomic_path
-from pipeline.store import Radiometry
+from pipeline.store import store_radiometry
 
 
 def write_quicklook(group: zarr.Group, path: Path, max_tiles: int = 36, tile: int = 96) -> Path | None:
@@ -16,7 +16,7 @@ def write_quicklook(group: zarr.Group, path: Path, max_tiles: int = 36, tile: in
     valid = np.flatnonzero(group["valid"][:])[:max_tiles]
     if len(valid) == 0:
         return None
-    radiometry = Radiometry(**group.attrs["radiometry"])
+    radiometry = store_radiometry(group)
     cols = int(np.ceil(np.sqrt(len(valid))))
     rows = int(np.ceil(len(valid) / cols))
     canvas = np.zeros((rows * tile, cols * tile, 3), dtype=np.uint8)

@@ -20,8 +20,9 @@ sums up. :func:`compute_edges` runs them with ``distributed.Client.map`` (CLI, b
 ``prepare-dataset`` flow runs the same function as one retried Prefect task per shard on
 prefect-dask's ``DaskTaskRunner`` (flows/prepare.py), on the same clusters. Shards are read and
 written whole by :mod:`pipeline.shard_io` (one store call per shard instead of zarr's per-chunk
-asyncio hops: that overhead cost more CPU than Canny itself). ``edges`` is compressed with Blosc-LZ4 + bit-shuffle (as small as zstd on these
-sparse 0/1 patches, ~2x cheaper to write and to read). Without a scheduler address a
+asyncio hops: that overhead cost more CPU than Canny itself). ``edges`` is compressed with
+Blosc-LZ4 + bit-shuffle (as small as zstd on these sparse 0/1 patches, ~2x cheaper to write and
+to read). Without a scheduler address a
 ``LocalCluster`` (threads: OpenCV, zstd and blosc release the GIL; no pickling of shards) is
 started; with one, ``distributed.Client(address)`` runs the same tasks on that cluster (its
 workers must see the store path). Masks and pairings use temp-then-rename; an edges shard is
@@ -47,7 +48,8 @@ from pipeline.masks import MaskError
 from pipeline.masks.library import MaskLibraryConfig, build_mask_library, replace_arrays, write_mask_library
 from pipeline.pairings import EVAL_SPLITS, PairingConfig, build_eval_pairings, train_kind_pools
 from pipeline.shard_io import read_shard, write_shard
-from pipeline.store import Radiometry, StoreError, config_hash, open_store, patch_indices, store_radiometry
+from pipeline.store import (Radiometry, StoreError, config_hash, dimension_names, open_store, patch_indices,
+                            store_radiometry)
 
 
 class DaskConfig(BaseModel):
@@ -173,8 +175,10 @@ def _ensure_edges_arrays(group: zarr.Group, params: EdgeParams) -> None:
                 group["edges_done"][old[0] // s] = 0
     if "edges" not in group:
         group.create_array("edges", shape=(n, 1, p, p), dtype="uint8", chunks=(1, 1, p, p),
-                           shards=(s, 1, p, p), fill_value=0, compressors=EDGES_COMPRESSOR)
-        group.create_array("edges_done", shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0)
+                           shards=(s, 1, p, p), fill_value=0, compressors=EDGES_COMPRESSOR,
+                           dimension_names=dimension_names("edges"))
+        group.create_array("edges_done", shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0,
+                           dimension_names=dimension_names("edges_done"))
         prep["edge_params"] = params.model_dump()
         group.attrs["prepare"] = prep
 
@@ -192,8 +196,9 @@ def plan_edges(store_path: str | Path, params: EdgeParams = EdgeParams()) -> Edg
     summary = {"shards_total": n_shards, "shards_computed": int(len(todo)),
                "shards_skipped": int((exported & done).sum()), "shards_not_exported": int((~exported).sum()),
                "edge_pixel_fraction": None}
-    return EdgesPlan(store=str(store_path), todo=[int(k) for k in todo], radiometry=store_radiometry(group).model_dump(),
-                     params=params.model_dump(), run_id=uuid.uuid4().hex, summary=summary)
+    return EdgesPlan(store=str(store_path), todo=[int(k) for k in todo],
+                     radiometry=store_radiometry(group).model_dump(), params=params.model_dump(),
+                     run_id=uuid.uuid4().hex, summary=summary)
 
 
 def finish_edges(plan: EdgesPlan, counts: list) -> dict:

@@ -9,15 +9,11 @@ Conventions
   any selected band equal to the nodata value, or not finite (floats: NaN, +-inf); with no
   nodata value, GDAL's internal/alpha mask when the file has one; else, for integer dtypes and
   unless turned off (``zero_is_nodata=False``), Landsat L1 fill, i.e. DN 0 in any selected band.
-- Everything is written inside :class:`AtomicOutputs` (a temp dir next to the outputs, renamed
-  into place at the end): a failure never leaves a partial output.
+- Outputs are written inside :class:`pipeline.atomic_io.AtomicFiles` (a temp dir next to the
+  outputs, renamed into place at the end): a failure never leaves a partial output.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,33 +325,6 @@ def to_cog(src_path: Path, dst_path: Path, *, predictor: int = 2, resampling: st
         rasterio.shutil.copy(str(src_path), str(dst_path), driver="COG", COMPRESS="DEFLATE",
                              PREDICTOR=str(predictor), OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=resampling,
                              BLOCKSIZE="512", BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
-
-
-class AtomicOutputs:
-    """Collects output files in a hidden temp dir next to the final paths; ``commit`` renames
-    them all into place. Used as a context manager: on an exception nothing is renamed and the
-    temp dir is removed."""
-
-    def __init__(self, final_paths: list[Path]):
-        self.final_paths = [Path(p).resolve() for p in final_paths]
-        parent = self.final_paths[0].parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.final_paths[0].name}.", suffix=".tmp", dir=parent))
-
-    def temp(self, final: Path | str) -> Path:
-        """The temp path standing for ``final`` (or a scratch name when ``final`` is a plain name)."""
-        final = Path(final)
-        return self.tmp_dir / (final.name if final.resolve() in self.final_paths else f"scratch-{uuid.uuid4().hex}-{final.name}")
-
-    def commit(self) -> None:
-        for final in self.final_paths:
-            os.replace(self.tmp_dir / final.name, final)
-
-    def __enter__(self) -> "AtomicOutputs":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
 @contextmanager

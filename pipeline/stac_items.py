@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pystac
 import shapely.geometry
 from pyproj import Transformer
+
+from pipeline.atomic_io import atomic_dir
+from pipeline.store import read_meta
 
 
 def _footprint(transforms: np.ndarray, epsg: int, size: int) -> shapely.geometry.Polygon:
@@ -46,8 +48,8 @@ def build_catalog(group, store_path: Path) -> pystac.Collection:
     sensors = group["sensor"][:]
     acquired = group["acquired"][:]
     outside = group["skip_reason"][:] == "outside" if "skip_reason" in group else np.zeros(len(valid), bool)
-    size = int(group.attrs["patch_size"])
-    meta = group.attrs.get("scenes", {}) or {}
+    store_meta = read_meta(group)
+    size, meta = store_meta.patch_size, store_meta.scenes
     items = []
     for sid in sorted(set(scene_ids.tolist())):
         rows = np.flatnonzero(scene_ids == sid)
@@ -71,10 +73,11 @@ def build_catalog(group, store_path: Path) -> pystac.Collection:
                                      max(b[2] for b in bboxes), max(b[3] for b in bboxes)]])
     collection = pystac.Collection(
         id=f"edgefill-{store_path.stem}", description=f"Landsat patches exported by edgefill into {store_path.name} "
-        f"(config hash {group.attrs.get('config_hash')}, source {group.attrs.get('source')})",
+        f"(config hash {store_meta.config_hash}, source {store_meta.source})",
         extent=pystac.Extent(spatial, pystac.TemporalExtent([[None, None]])), license="various",
-        extra_fields={"edgefill:config_hash": group.attrs.get("config_hash"),
-                      "edgefill:radiometry": group.attrs.get("radiometry"), "edgefill:bands": group.attrs.get("bands")})
+        extra_fields={"edgefill:config_hash": store_meta.config_hash,
+                      "edgefill:radiometry": store_meta.radiometry.model_dump(mode="json"),
+                      "edgefill:bands": store_meta.bands})
     for item in items:
         collection.add_item(item)
     return collection
@@ -84,15 +87,12 @@ def write_stac_catalog(group, store_path: str | Path) -> Path:
     """Write the catalog to ``<store>.stac/collection.json`` (atomically replaced)."""
     store_path = Path(store_path)
     dest = store_path.parent / f"{store_path.name}.stac"
-    tmp = store_path.parent / f".{store_path.stem}-stac-tmp"  # no suffix: pystac treats "x.y" as a file
-    shutil.rmtree(tmp, ignore_errors=True)
     collection = build_catalog(group, store_path)
-    tmp.mkdir(parents=True)
-    collection.normalize_and_save(str(tmp), catalog_type=pystac.CatalogType.SELF_CONTAINED)
-    # item asset hrefs point from <store>.stac/<item>/ to the store
-    for item_json in tmp.glob("*/*.json"):
-        text = item_json.read_text().replace(f'"href": "{store_path.name}"', f'"href": "../../{store_path.name}"')
-        item_json.write_text(text)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    with atomic_dir(dest, replace=True) as tmp:
+        # the trailing separator: pystac takes a root with a suffix ("x.y") for a file otherwise
+        collection.normalize_and_save(f"{tmp}{os.sep}", catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        # item asset hrefs point from <store>.stac/<item>/ to the store
+        for item_json in tmp.glob("*/*.json"):
+            text = item_json.read_text().replace(f'"href": "{store_path.name}"', f'"href": "../../{store_path.name}"')
+            item_json.write_text(text)
     return dest / "collection.json"

@@ -1,4 +1,4 @@
-"""The patch store: one Zarr v3 group shared by every stage.
+"""The patch store: one Zarr v3 group shared by every stage, and its metadata (read and written here only).
 
 Layout (see docs/DESIGN.md):
 
@@ -18,9 +18,15 @@ export_done    (n_shards,)             uint8     1 once shard k of every array i
 
 ``images`` is sharded along N: a chunk is one patch and a shard is ``shard_patches`` patches,
 so a writer that owns whole shards never races another writer. Every per-patch array uses the
-same shard boundaries along N. The group attrs hold ``bands``, ``radiometry`` (how stored
-values become float reflectance-like values in [0, 1], see :class:`Radiometry`), ``source``,
-``export_config`` and its ``config_hash``, ``created`` and ``patch_size``.
+same shard boundaries along N. Every array carries Zarr v3 ``dimension_names``
+(:data:`DIMENSIONS`: ``patch``, ``band``, ``y``, ``x`` ...), so ``xarray.open_zarr(STORE)``
+opens the store without edgefill; stores written before that lack them and still open here.
+
+The group attributes are :class:`StoreMeta` (``bands``, ``radiometry`` - how stored values become
+float reflectance-like values in [0, 1], see :class:`Radiometry` -, ``source``, ``export_config``
+and its ``config_hash``, ``created``, ``patch_size``, the export's record and prepare's record
+:class:`PrepareRecord`). They are read with :func:`read_meta` and written with
+:func:`write_meta` / :func:`update_prepare`, never as raw ``attrs[...]`` elsewhere.
 """
 from __future__ import annotations
 
@@ -32,13 +38,31 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.edges import EdgeParams
+from pipeline.pairings import PairingConfig
 
 STORE_VERSION = 1
 #: The store's splits: train (fitting), validation (every decision: stage switch, selection,
 #: promotion), test (reported only, never used for a decision). By scene or AOI, never by patch.
 SPLITS = ("train", "validation", "test")
 PER_PATCH_ARRAYS = ("images", "transform", "epsg", "scene_id", "acquired", "sensor", "split", "valid")
+#: Zarr v3 ``dimension_names`` of every store array (xarray's dimensions). Arrays that share a
+#: name share its length: ``patch`` = N, ``shard`` = ceil(N / shard_patches), ``y``/``x`` = P.
+DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "images": ("patch", "band", "y", "x"),
+    "transform": ("patch", "affine"),
+    **{name: ("patch",) for name in ("epsg", "scene_id", "acquired", "sensor", "split", "valid", "skip_reason")},
+    "export_plan": ("candidate",),
+    "export_done": ("shard",),
+    "edges": ("patch", "edge_band", "y", "x"),
+    "edges_done": ("shard",),
+    "masks": ("mask", "y", "x"),
+    **{name: ("mask",) for name in ("masks_kind", "masks_ratio", "masks_split")},
+    "pairings/validation": ("validation_pair", "pair_field"),
+    "pairings/test": ("test_pair", "pair_field"),
+}
 
 
 class StoreError(ValueError):
@@ -86,6 +110,106 @@ class Radiometry(BaseModel):
         return np.clip(np.rint(values), info.min, info.max).astype(self.dtype)
 
 
+class ExportRecord(BaseModel):
+    """``attrs["export_summary"]``: whether the export finished and, once it has, what it did."""
+
+    model_config = ConfigDict(extra="allow")
+    complete: bool = False
+    summary: dict[str, Any] | None = None  # pipeline.export.ExportSummary as a dict
+    finished: str | None = None  # ISO 8601 UTC time the export finished
+    content: dict[str, Any] | None = None  # the summary less run-specific fields: equal for equal stores
+
+
+class PrepareRecord(BaseModel):
+    """``attrs["prepare"]``: what prepare-dataset recorded (edge parameters, mask library hash,
+    the whole PrepareConfig as a dict, its hash, the last run's summary, completeness)."""
+
+    model_config = ConfigDict(extra="allow")
+    edge_params: EdgeParams | None = None
+    masks_hash: str | None = None
+    config: dict[str, Any] | None = None
+    config_hash: str | None = None
+    last_run: dict[str, Any] | None = None
+    complete: bool = False
+
+    def edges(self) -> EdgeParams:
+        """The edge parameters prepare used (defaults when it recorded none)."""
+        return self.edge_params or EdgeParams()
+
+    def pairings(self) -> PairingConfig:
+        """The pairing config prepare used (defaults when it recorded none)."""
+        cfg = (self.config or {}).get("pairings")
+        return PairingConfig(**cfg) if cfg else PairingConfig()
+
+
+class StoreMeta(BaseModel):
+    """The store group's attributes. ``create_store`` writes the first block; the export adds
+    ``n_candidates``, ``target``, ``scenes``, ``export_summary``, ``export_failures``; prepare
+    adds ``prepare``. Unknown keys are kept (a newer writer's fields survive a rewrite)."""
+
+    model_config = ConfigDict(extra="allow")
+    edgefill_store_version: int
+    patch_size: int = Field(gt=0, description="patch side, px")
+    shard_patches: int = Field(gt=0, description="patches per shard along N")
+    bands: list[str]
+    radiometry: Radiometry
+    source: str
+    export_config: dict[str, Any]
+    config_hash: str = Field(description="hash of export_config: the store's data version")
+    created: str = Field(description="ISO 8601 UTC creation time")
+    n_candidates: int | None = None
+    target: int | None = None
+    scenes: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-scene facts (STAC items)")
+    export_summary: ExportRecord = Field(default_factory=ExportRecord)
+    export_failures: list[str] = Field(default_factory=list)
+    prepare: PrepareRecord = Field(default_factory=PrepareRecord)
+
+
+def _where(group: zarr.Group) -> str:
+    return str(getattr(group.store, "root", group.store))
+
+
+def _validate(group: zarr.Group, attrs: dict[str, Any]) -> StoreMeta:
+    try:
+        return StoreMeta.model_validate(attrs)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(part) for part in err["loc"]) or "attrs"
+        raise StoreError(f"store {_where(group)}: bad metadata {field}: {err['msg']}") from None
+
+
+def read_meta(group: zarr.Group) -> StoreMeta:
+    """The store's attributes, validated (:class:`StoreError` naming the first bad field)."""
+    return _validate(group, group.attrs.asdict())
+
+
+def write_meta(group: zarr.Group, **fields: Any) -> StoreMeta:
+    """Set ``fields`` (:class:`StoreMeta` field names) in the store's attributes, validated first;
+    other attributes are left as they are. Returns the new metadata."""
+    unknown = sorted(set(fields) - set(StoreMeta.model_fields))
+    if unknown:
+        raise StoreError(f"unknown store metadata field(s) {unknown}; known: {sorted(StoreMeta.model_fields)}")
+    meta = _validate(group, {**group.attrs.asdict(), **fields})
+    dumped = meta.model_dump(mode="json")
+    group.attrs.update({name: dumped[name] for name in fields})
+    return meta
+
+
+def update_prepare(group: zarr.Group, **fields: Any) -> PrepareRecord:
+    """Merge ``fields`` (:class:`PrepareRecord` field names) into ``attrs["prepare"]``."""
+    record = PrepareRecord.model_validate({**read_meta(group).prepare.model_dump(), **fields})
+    write_meta(group, prepare=record)
+    return record
+
+
+def dimension_names(name: str) -> tuple[str, ...]:
+    """The Zarr ``dimension_names`` of store array ``name`` (see :data:`DIMENSIONS`)."""
+    try:
+        return DIMENSIONS[name]
+    except KeyError:
+        raise StoreError(f"no dimension names for store array {name!r}; known: {sorted(DIMENSIONS)}") from None
+
+
 def config_hash(config: dict[str, Any]) -> str:
     """Stable short hash of a JSON-able config (the store's data version)."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()
@@ -109,25 +233,22 @@ def create_store(
     n_shards = -(-n_patches // shard_patches)
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     p, s, n = patch_size, shard_patches, n_patches
-    group.create_array("images", shape=(n, 3, p, p), dtype=radiometry.dtype,
-                       chunks=(1, 3, p, p), shards=(s, 3, p, p), fill_value=0)
-    group.create_array("transform", shape=(n, 6), dtype="float64", chunks=(s, 6), fill_value=0.0)
-    group.create_array("epsg", shape=(n,), dtype="int32", chunks=(s,), fill_value=0)
+    meta = StoreMeta(edgefill_store_version=STORE_VERSION, patch_size=p, shard_patches=s, bands=list(bands),
+                     radiometry=radiometry, source=source, export_config=export_config,
+                     config_hash=config_hash(export_config),
+                     created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def array(name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...], **kwargs: Any) -> None:
+        group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, dimension_names=dimension_names(name), **kwargs)
+
+    array("images", (n, 3, p, p), radiometry.dtype, (1, 3, p, p), shards=(s, 3, p, p), fill_value=0)
+    array("transform", (n, 6), "float64", (s, 6), fill_value=0.0)
+    array("epsg", (n,), "int32", (s,), fill_value=0)
     for name in ("scene_id", "acquired", "sensor", "split"):
-        group.create_array(name, shape=(n,), dtype=str, chunks=(s,), fill_value="")
-    group.create_array("valid", shape=(n,), dtype="bool", chunks=(s,), fill_value=False)
-    group.create_array("export_done", shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0)
-    group.attrs.update({
-        "edgefill_store_version": STORE_VERSION,
-        "patch_size": p,
-        "shard_patches": s,
-        "bands": list(bands),
-        "radiometry": radiometry.model_dump(),
-        "source": source,
-        "export_config": export_config,
-        "config_hash": config_hash(export_config),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    })
+        array(name, (n,), str, (s,), fill_value="")
+    array("valid", (n,), "bool", (s,), fill_value=False)
+    array("export_done", (n_shards,), "uint8", (1,), fill_value=0)
+    group.attrs.update(meta.model_dump(mode="json", include=set(meta.model_fields_set)))
     return group
 
 
@@ -153,7 +274,8 @@ def open_store(path: str | Path, mode: Literal["r", "r+"] = "r", *,
 
 
 def store_radiometry(group: zarr.Group) -> Radiometry:
-    return Radiometry(**group.attrs["radiometry"])
+    """How the store's values become [0, 1] model input."""
+    return read_meta(group).radiometry
 
 
 def patch_indices(group: zarr.Group, split: str | None = None) -> np.ndarray:
@@ -172,5 +294,5 @@ def grow_store(group: zarr.Group, n_patches: int) -> None:
     for name in PER_PATCH_ARRAYS:
         arr = group[name]
         arr.resize((n_patches, *arr.shape[1:]))
-    s = group.attrs["shard_patches"]
+    s = read_meta(group).shard_patches
     group["export_done"].resize((-(-n_patches // s),))

@@ -2,7 +2,8 @@
 # The embedded end-to-end job: no Earth Engine account, no GPU.
 #   bundled real Landsat scenes -> export-landsat -> prepare-dataset -> train-model (tiny, CPU)
 #   -> inpaint-scene (Everest with a real SLC-off gap pattern; model vs GDAL FillNodata)
-# Every stage runs as a Prefect deployment on a local Prefect server (127.0.0.1, SQLite).
+# Every stage runs as a Prefect deployment on a local Prefect server (127.0.0.1, SQLite); the
+# artifacts' pictures are served beside it (scripts/prefect_server.sh), so the UI shows them.
 # Outputs land in ./demo_out/. Set EDGEFILL_DEMO_TRAIN_STEPS to train longer/shorter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +13,8 @@ export PREFECT_HOME=${PREFECT_HOME:-$PWD/.prefect} PREFECT_SERVER_ANALYTICS_ENAB
 mkdir -p demo_out
 server_out=$(bash scripts/prefect_server.sh start)
 echo "$server_out" | grep -v '^export ' || true
-eval "$(echo "$server_out" | grep '^export PREFECT_API_URL=')"
-started_server=$(echo "$server_out" | grep -c 'server started' || true)
+eval "$(echo "$server_out" | grep '^export ')"   # PREFECT_API_URL and the picture server's EDGEFILL_PICTURES_*
+started_server=$(echo "$server_out" | grep -c 'Prefect server started' || true)
 serve_pid=""
 cleanup() {
   [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null

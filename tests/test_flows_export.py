@@ -86,9 +86,10 @@ def test_flow_in_process_tasks_per_shard(prefect_harness, tmp_path):
     state = export_landsat_flow(out=str(tmp_path / "f.zarr"), shard_patches=16, return_state=True)
     result = state.result()
     runs = asyncio.run(_task_runs(state.state_details.flow_run_id))
-    assert result["complete"] and result["shards_total"] == 4 and result["n_valid"] > 30
+    n_shards = result["shards_total"]
+    assert result["complete"] and n_shards == -(-result["n_patches"] // 16) > 2 and result["n_valid"] > 30
     assert isinstance(result["store"], str)  # paths and small summaries, never arrays
-    assert sorted(r.name for r in runs) == [f"export-shard-{k}" for k in range(4)]
+    assert sorted(r.name for r in runs) == sorted(f"export-shard-{k}" for k in range(n_shards))
     assert all(r.state.is_completed() for r in runs)
 
 

@@ -1,4 +1,4 @@
-"""Raster I/O helpers: scene inspection, COG translation, atomic outputs."""
+"""Raster I/O helpers: scene inspection, COG translation."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 from inpaint_support import SLC_A, real_gap_mask, stack_scene
-from pipeline.raster_io import (AtomicOutputs, RasterInputError, inspect_scene, parse_bands, to_cog)
+from pipeline.raster_io import (RasterInputError, inspect_scene, parse_bands, to_cog)
 from pipeline.scenes import get_scene
 
 
@@ -45,22 +45,6 @@ def test_to_cog_keeps_grid_nodata_descriptions(tmp_path):
         assert (b.crs, b.transform, b.nodata, b.descriptions) == (a.crs, a.transform, 0, ("B3", "B2", "B1"))
         assert b.compression.value == "DEFLATE" and b.overviews(1)
         np.testing.assert_array_equal(a.read(), b.read())
-
-
-def test_atomic_outputs_commit_and_rollback(tmp_path):
-    finals = [tmp_path / "out" / "x.tif", tmp_path / "out" / "x.stac.json"]
-    with pytest.raises(RuntimeError):
-        with AtomicOutputs(finals) as atomic:
-            atomic.temp(finals[0]).write_text("partial")
-            raise RuntimeError("boom")
-    assert list((tmp_path / "out").iterdir()) == []
-    with AtomicOutputs(finals) as atomic:
-        for f in finals:
-            atomic.temp(f).write_text(f.name)
-        atomic.temp("scratch.tif").write_text("scratch")  # scratch files never reach the output dir
-        atomic.commit()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.stac.json", "x.tif"]
-    assert finals[1].read_text() == "x.stac.json"
 
 
 def test_nodata_rules_are_named(tmp_path):

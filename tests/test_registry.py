@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import load_inference_bundle, save_inference_bundle
+from models.checkpoint import save_inference_bundle
 from models.config import ModelConfig
 from models.networks import build_networks
 import models.registry as reg
-from models.registry import (current_model, edgefill_home, list_models, load_index, promote_if_better, register_model,
-                             registry_dir, resolve_model)
+from models.registry import (current_model, edgefill_home, list_models, load_index, load_model, promote_if_better,
+                             register_model, registry_dir, resolve_model)
 from models.shipping import ship_model
 
 
@@ -43,7 +43,7 @@ def test_register_resolve_and_load_by_name(registry, tmp_path):
     assert current_model() is None                      # registering never moves `current`
     assert resolve_model("tiny-v1") == registry / "tiny-v1"
     assert resolve_model(run) == run                    # a run dir passes through
-    bundle = load_inference_bundle("tiny-v1")
+    bundle = load_model("tiny-v1")
     first = next(iter(nets["g2"].state_dict()))
     assert torch.equal(bundle.inpaint_generator.state_dict()[first], nets["g2"].state_dict()[first])
     slim = torch.load(registry / "tiny-v1" / "checkpoints" / "last.pt", weights_only=True)
@@ -105,7 +105,7 @@ def test_shipped_default_is_current_until_a_user_model_is_promoted(registry, tmp
     run, nets = _run(tmp_path, "to-ship", 5)
     ship_model(run, "landsat-test-v1", checkpoint="last.pt", metrics={"hole_psnr": 25.0}, card="# card\n", dest=shipped)
     assert current_model() == "landsat-test-v1" and resolve_model("current") == shipped / "landsat-test-v1"
-    bundle = load_inference_bundle("current")  # half-precision weights load into float32 networks
+    bundle = load_model("current")  # half-precision weights load into float32 networks
     assert next(bundle.inpaint_generator.parameters()).dtype == torch.float32
     key = next(iter(nets["g2"].state_dict()))
     torch.testing.assert_close(bundle.inpaint_generator.state_dict()[key], nets["g2"].state_dict()[key], atol=1e-3, rtol=1e-3)

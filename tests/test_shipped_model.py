@@ -9,10 +9,10 @@ import pytest
 import rasterio
 import torch
 
-from models.checkpoint import load_checkpoint, load_inference_bundle, run_model_config
+from models.checkpoint import load_checkpoint, run_model_config
 from models.config import ModelConfig
 from models.evaluate import ModelFill, score_pairs, select_pairs
-from models.registry import SHIPPED_DIR, current_model, resolve_model, shipped_index
+from models.registry import SHIPPED_DIR, current_model, load_model, resolve_model, shipped_index
 from pipeline.dataset import EvalPairs
 
 pytest_plugins = ["models_support"]  # fixtures registered once per session (not per importing module)
@@ -40,7 +40,7 @@ def test_a_default_model_is_shipped_small_and_consistent(fresh_user):
     assert ModelConfig.preset(cfg.name).architecture_hash() == cfg.architecture_hash()  # the preset it names
     ckpt = load_checkpoint(weights, architecture_hash=cfg.architecture_hash())       # weights_only=True inside
     assert set(ckpt["models"]) == {"g1", "g2"}
-    bundle = load_inference_bundle("current")
+    bundle = load_model("current")
     assert bundle.model_config.g2_residual_fill and not bundle.edge_generator.training
     card = (folder / "MODEL_CARD.md").read_text()
     for needed in ("GDAL FillNodata", "Telea", "Navier", "validation", "test", "python -m models.train"):

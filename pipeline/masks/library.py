@@ -18,9 +18,7 @@ natural ratios (the shipped six: 8-29 %). The SLC-off generator cannot exceed ~4
 """
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,12 +27,14 @@ import numpy as np
 import zarr
 from pydantic import BaseModel, Field
 
+from pipeline.atomic_io import atomic_dir
 from pipeline.masks import RATIO_BINS, MaskError, hole_ratio
 from pipeline.masks.from_rasters import (crops_in_range, real_cloud_masks, real_gap_masks, real_nodata_masks,
                                          window_ratios)
 from pipeline.masks.irregular import irregular_mask
 from pipeline.masks.qd_imd import DEFAULT_QD_IMD_DIR, load_qd_imd_folder
 from pipeline.masks.slc_off import SlcOffParams, slc_off_mask
+from pipeline.store import dimension_names, read_meta
 
 MaskKind = Literal["qd_imd", "irregular", "slc_off", "slc_off_real", "cloud", "nodata"]
 MASK_KINDS: tuple[str, ...] = ("qd_imd", "irregular", "slc_off", "slc_off_real", "cloud", "nodata")
@@ -203,36 +203,26 @@ def build_mask_library(config: MaskLibraryConfig = MaskLibraryConfig()) -> MaskL
 
 
 def replace_arrays(group: zarr.Group, arrays: dict[str, np.ndarray], chunks: dict[str, tuple] | None = None) -> None:
-    """Write ``arrays`` into a LOCAL store's group without a half-written state: each is written
-    to a hidden temporary array first, then the directories are swapped by rename."""
+    """Write ``arrays`` (store array names: ``masks``, ``pairings/test`` ...) into a LOCAL store's group
+    without a half-written state: each is written as a hidden temporary array beside its final
+    place (:func:`pipeline.atomic_io.atomic_dir`), and all are renamed into place once all are written."""
     root = Path(str(group.store.root)) / group.path if group.path else Path(str(group.store.root))
-    for stale in list(root.glob(".tmp-*")) + list(root.glob(".trash-*")):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp_names = {}
-    for name, value in arrays.items():
-        tmp = f".tmp-{name.replace('/', '_')}-{uuid.uuid4().hex[:8]}"
-        ch = (chunks or {}).get(name) or value.shape
-        group.create_array(tmp, shape=value.shape, dtype=value.dtype if value.dtype.kind != "U" else str,
-                           chunks=ch, fill_value=None if value.dtype.kind == "U" else 0)
-        group[tmp][...] = value
-        tmp_names[name] = tmp
-    for name, tmp in tmp_names.items():
-        final = root / name
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.parent != root and not (final.parent / "zarr.json").exists():
-            zarr.open_group(str(root), mode="r+").require_group(str(Path(name).parent))
-        trash = None
-        if final.exists():
-            trash = root / f".trash-{uuid.uuid4().hex[:8]}"
-            os.replace(final, trash)
-        os.replace(root / tmp, final)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        for name, value in arrays.items():
+            parent = Path(name).parent.as_posix()
+            if parent != ".":
+                group.require_group(parent)
+            tmp = stack.enter_context(atomic_dir(root / name, replace=True)).relative_to(root).as_posix()
+            text = value.dtype.kind == "U"
+            group.create_array(tmp, shape=value.shape, dtype=str if text else value.dtype,
+                               chunks=(chunks or {}).get(name) or value.shape, fill_value=None if text else 0,
+                               dimension_names=dimension_names(name))
+            group[tmp][...] = value
 
 
 def write_mask_library(group: zarr.Group, lib: MaskLibrary) -> None:
     """Write ``masks``, ``masks_kind``, ``masks_ratio``, ``masks_split`` (checks size against the store's patches)."""
-    p = int(group.attrs.get("patch_size", lib.masks.shape[-1]))
+    p = read_meta(group).patch_size
     if lib.masks.ndim != 3 or lib.masks.shape[1:] != (p, p):
         raise MaskError(f"mask library shape {lib.masks.shape} does not match the store's {p}x{p} patches")
     if not np.isin(lib.masks, (0, 1)).all():

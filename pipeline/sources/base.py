@@ -22,8 +22,6 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.store import Radiometry
 
-SKIP_REASONS = ("nodata", "clouds", "outside")
-
 
 class SourceError(RuntimeError):
     """A source could not deliver (bad credentials, unreachable endpoint, retries exhausted)."""

@@ -284,6 +284,19 @@ def cloud_lookup() -> np.ndarray:
     return qa_cloud_mask(np.arange(65536, dtype=np.uint16), "c2_qa_pixel", shadow=True, fill=False)
 
 
+def band_stack(bands: list[np.ndarray]) -> np.ndarray:
+    """(bands, H, W) of equally shaped band arrays, read-only: a view when they lie evenly spaced in one
+    buffer (the fields of an NPY record array, in order), else a copy."""
+    first = bands[0]
+    if all(b.shape == first.shape and b.strides == first.strides and np.may_share_memory(first, b) for b in bands[1:]):
+        addresses = [b.__array_interface__["data"][0] for b in bands]
+        steps = {after - before for before, after in zip(addresses, addresses[1:])}
+        if len(steps) == 1:
+            return np.lib.stride_tricks.as_strided(first, (len(bands), *first.shape), (steps.pop(), *first.strides),
+                                                   writeable=False)
+    return np.stack(bands)
+
+
 def _halves(win: Window, reqs: list[PatchRequest]) -> tuple[list[int], list[int]]:
     """Indices of ``reqs`` split in two along the window's longer side (rows first when square)."""
     offsets = [win.offset(r) for r in reqs]
@@ -474,8 +487,9 @@ class EarthEngineSource:
         p = c.patch_size
         qa = arrays["QA_PIXEL"]
         bands = [arrays[n] for n in c.band_ids]
+        pixels = band_stack(bands)
         missing = (qa & 1).astype(bool)
-        missing |= (bands[0] == 0) & (bands[1] == 0) & (bands[2] == 0)
+        missing |= (bands[0] | bands[1] | bands[2]) == 0
         clouds = cloud_lookup()[qa]
         out = []
         for req in reqs:
@@ -487,7 +501,8 @@ class EarthEngineSource:
             elif np.count_nonzero(clouds[cell]) / (p * p) > c.max_cloud_fraction:
                 out.append(Patch(req, None, "clouds", missing_fraction))
             else:
-                out.append(Patch(req, np.stack([b[cell] for b in bands]), None, missing_fraction))
+                # a view into the window: its one copy is into the shard being written
+                out.append(Patch(req, pixels[(slice(None), *cell)], None, missing_fraction))
         return out
 
     def fetch_block(self, reqs: list[PatchRequest]) -> list[Patch]:
@@ -516,7 +531,8 @@ class EarthEngineSource:
 
     def fetch_many(self, requests: list[PatchRequest]) -> list[Patch]:
         """One request per block (per patch where ``block`` is empty), concurrently on the source's pool
-        (at most ``concurrency`` on the wire); ``outside`` rows are never fetched."""
+        (a single block on the calling thread); at most ``concurrency`` requests on the wire;
+        ``outside`` rows are never fetched."""
         self.initialize()
         if self._pool is None:
             with _INIT_LOCK:
@@ -529,6 +545,11 @@ class EarthEngineSource:
         for i, req in enumerate(requests):
             if not req.outside:
                 groups.setdefault(req.group or i, []).append(i)
+        if len(groups) == 1:  # one block (a shard of one block): fetch it on this thread, no pool hop
+            (idx,) = groups.values()
+            for i, patch in zip(idx, self.fetch_block([requests[i] for i in idx])):
+                out[i] = patch
+            return out  # type: ignore[return-value]
         futures: list[tuple[Future, list[int]]] = [
             (self._pool.submit(self.fetch_block, [requests[i] for i in idx]), idx) for idx in groups.values()]
         try:

@@ -48,9 +48,9 @@ echo "== pytest -m cuda"
 "$PY" -m pytest -m cuda -q $PYTEST_FLAGS --junitxml="$OUT/cuda_tests.xml" tests/test_cuda.py >"$OUT/cuda_tests.log" 2>&1
 CUDA_RC=$?
 tail -n 3 "$OUT/cuda_tests.log"
-# exit code 5 = every test skipped (no CUDA): expected in the dry run only
-if [ "$MODE" = gpu ] && [ $CUDA_RC -ne 0 ]; then echo "cuda tests failed (rc $CUDA_RC)"; fi
-if [ "$MODE" = cpu-dry-run ] && [ $CUDA_RC -ne 0 ] && [ $CUDA_RC -ne 5 ]; then echo "cuda tests broke (rc $CUDA_RC)"; exit 1; fi
+# without CUDA every test is skipped (rc 0); a failure on the GPU is recorded and the benchmarks still run
+if [ $CUDA_RC -ne 0 ]; then echo "cuda tests failed (rc $CUDA_RC)"; fi
+if [ "$MODE" = cpu-dry-run ] && [ $CUDA_RC -ne 0 ]; then exit 1; fi
 
 echo "== benchmarks"
 "$PY" bench/gpu_check.py --out "$OUT" --store "$STORE" --pytest-rc "$CUDA_RC" $( [ "$MODE" = cpu-dry-run ] && echo --cpu-dry-run ) \

@@ -32,7 +32,7 @@ from pipeline.prepare import DaskConfig, compute_edges, dask_client, ensure_mask
 from pipeline.edges import edges_for_stored  # noqa: E402
 from pipeline.scenes import read_scene, scenes_with_role  # noqa: E402
 from pipeline.shard_io import read_shard, write_shard  # noqa: E402
-from pipeline.store import Radiometry, create_store, open_store  # noqa: E402
+from pipeline.store import Radiometry, create_store, open_store, read_meta  # noqa: E402
 
 
 def real_tiles(size: int = 256, stride: int = 128) -> np.ndarray:
@@ -77,7 +77,7 @@ def breakdown(store: Path, reps: int = 5) -> str:
     """CPU ms per patch of each step on shard 0 (single thread, best of ``reps``), and zarr's own
     slicing (one asyncio task + thread hop per 1-patch chunk) for reference."""
     g = open_store(store, "r+", require=("images", "edges"))
-    s = int(g.attrs["shard_patches"])
+    s = read_meta(g).shard_patches
     to_unit = Radiometry().to_unit
 
     def cpu(fn):

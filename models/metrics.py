@@ -12,8 +12,9 @@
 - L1: mean absolute difference over the region's pixels and all channels.
 - "hole" = the pixels with mask 1 comparing the raw output with the truth; "composite" = the
   whole image, output pasted into the hole (``truth * (1 - M) + output * M``).
-- Edge precision / recall / F1 of G1 inside the hole, edges binarised at 0.5, from summed
-  counts (micro-average): :class:`EdgeCounts`.
+- Edge precision / recall / F1 of G1 inside the hole, edges binarised at 0.5, matched with the
+  same 2 px localisation tolerance as the edge MAPE (:func:`models.losses.edge_mape`; boundary
+  benchmarks such as BSDS score edges so), from summed counts (micro-average): :class:`EdgeCounts`.
 """
 from __future__ import annotations
 
@@ -109,27 +110,40 @@ def image_metrics(output: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> di
             "comp_l1": l1(comp, truth)}
 
 
+EDGE_TOLERANCE_PX = 2  # = models.losses.EDGE_TOLERANCE_PX
+
+
 @dataclass
 class EdgeCounts:
-    """True/false positives and false negatives of binarised edges inside the hole."""
+    """Matched / unmatched binarised edge pixels inside the hole (``tolerance_px`` matching):
+    ``tp`` generated edges with a true edge that close, ``fp`` generated edges without,
+    ``hit`` true edges with a generated edge that close, ``fn`` true edges without."""
 
     tp: int = 0
     fp: int = 0
     fn: int = 0
+    hit: int = 0
 
     @classmethod
-    def of(cls, gen: np.ndarray, raw: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> "EdgeCounts":
+    def of(cls, gen: np.ndarray, raw: np.ndarray, mask: np.ndarray, threshold: float = 0.5,
+           tolerance_px: int = EDGE_TOLERANCE_PX) -> "EdgeCounts":
+        import cv2
+
         hole = np.asarray(mask).astype(bool).reshape(gen.shape[-2:])
         g = (np.asarray(gen).reshape(hole.shape) >= threshold) & hole
         r = (np.asarray(raw).reshape(hole.shape) >= 0.5) & hole
-        return cls(int((g & r).sum()), int((g & ~r).sum()), int((~g & r).sum()))
+        k = np.ones((2 * tolerance_px + 1,) * 2, np.uint8)
+        near_r = cv2.dilate(r.astype(np.uint8), k) > 0
+        near_g = cv2.dilate(g.astype(np.uint8), k) > 0
+        return cls(tp=int((g & near_r).sum()), fp=int((g & ~near_r).sum()), fn=int((r & ~near_g).sum()),
+                   hit=int((r & near_g).sum()))
 
     def __add__(self, other: "EdgeCounts") -> "EdgeCounts":
-        return EdgeCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+        return EdgeCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.hit + other.hit)
 
     def scores(self) -> dict[str, float]:
-        """precision = tp / (tp + fp), recall = tp / (tp + fn), F1 their harmonic mean (NaN if undefined)."""
+        """precision = tp / (tp + fp), recall = hit / (hit + fn), F1 their harmonic mean (NaN if undefined)."""
         p = self.tp / (self.tp + self.fp) if self.tp + self.fp else float("nan")
-        r = self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
+        r = self.hit / (self.hit + self.fn) if self.hit + self.fn else float("nan")
         f = 2 * p * r / (p + r) if (p + r) and not (np.isnan(p) or np.isnan(r)) else (0.0 if p == 0 or r == 0 else float("nan"))
         return {"edge_precision": p, "edge_recall": r, "edge_f1": f}

@@ -16,7 +16,7 @@ User registry layout::
 
 An entry records ``name``, ``version`` (1, 2, ... per config preset), ``run_dir`` (relative
 to the registry), ``source_run_dir``, ``config`` (the ModelConfig), ``data_version`` (the
-store's ``attrs["config_hash"]``), ``metrics``, ``created``. Registering never moves
+store's ``config_hash``, :class:`pipeline.store.StoreMeta`), ``metrics``, ``created``. Registering never moves
 ``current``; only :func:`promote_if_better` / :func:`set_current` do.
 
 Primary metric for promotion: :data:`PRIMARY_METRIC` = ``hole_psnr`` (mean PSNR in dB over the

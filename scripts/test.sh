@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create/refresh .venv, then run the whole test suite. Extra arguments go to pytest.
+# Create/refresh .venv, then run the whole test suite. Extra arguments go to pytest
+# (e.g. `bash scripts/test.sh -m "not slow"`: the fast subset; `tests/test_store.py -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh

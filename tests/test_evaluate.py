@@ -54,20 +54,23 @@ def test_ssim_map_equals_scikit_image_reference():
 
 
 def test_edge_precision_recall_f1_hand_computed():
-    raw = np.zeros((4, 4))
-    raw[0, :] = 1                      # 4 true edges, 2 in the hole (cols 0-1)
-    gen = np.zeros((4, 4))
-    gen[0, 0] = 0.9                    # TP
-    gen[1, 1] = 0.6                    # FP
-    gen[2, 0] = 0.4                    # below threshold
-    gen[0, 3] = 1.0                    # outside the hole: ignored
-    mask = np.zeros((4, 4), bool)
-    mask[:, :2] = True
+    raw = np.zeros((12, 12))
+    raw[0, :] = 1                      # true edges along row 0; 4 of them in the hole (cols 0-3)
+    gen = np.zeros((12, 12))
+    gen[0, 0] = 0.9                    # exact hit
+    gen[2, 3] = 0.8                    # 2 px off: within the tolerance
+    gen[8, 1] = 0.6                    # spurious (8 px from any true edge)
+    gen[5, 2] = 0.4                    # below threshold
+    gen[0, 9] = 1.0                    # outside the hole: ignored
+    mask = np.zeros((12, 12), bool)
+    mask[:, :4] = True
     c = EdgeCounts.of(gen, raw, mask)
-    assert (c.tp, c.fp, c.fn) == (1, 1, 1)
-    s = (c + EdgeCounts(tp=1)).scores()  # micro-average over pairs: tp 2, fp 1, fn 1
-    assert s["edge_precision"] == pytest.approx(2 / 3) and s["edge_recall"] == pytest.approx(2 / 3)
-    assert s["edge_f1"] == pytest.approx(2 / 3)
+    # generated: 2 near a true edge, 1 spurious; true: cols 0-3, each within 2 px of (0,0) or (2,3)
+    assert (c.tp, c.fp, c.hit, c.fn) == (2, 1, 4, 0)
+    s = (c + EdgeCounts(fn=4)).scores()  # micro-average over pairs: recall 4 / 8
+    assert s["edge_precision"] == pytest.approx(2 / 3) and s["edge_recall"] == pytest.approx(0.5)
+    assert s["edge_f1"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    assert EdgeCounts.of(np.zeros((12, 12)), raw, mask).scores()["edge_f1"] == 0.0   # an empty map scores 0
 
 
 @pytest.mark.parametrize("name", BASELINES)

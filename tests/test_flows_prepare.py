@@ -18,6 +18,8 @@ from pipeline.edges import edges_for_batch
 from pipeline.prepare import DaskConfig
 from pipeline.store import Radiometry, open_store
 
+pytestmark = pytest.mark.slow  # a Prefect test server and Dask clusters (own processes)
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from inpaint_support import SLC_A, SLC_B, real_gap_mask, stack_scene, tiny_run  # noqa: F401
 
 
+@pytest.mark.slow
 def test_flows_fan_out_one_run_per_scene(tmp_path, tiny_run, prefect_harness):
     from flows.inpaint import deployments, inpaint_scene_flow, inpaint_scenes_flow
 
@@ -43,6 +44,7 @@ def test_flows_fan_out_one_run_per_scene(tmp_path, tiny_run, prefect_harness):
     assert {("inpaint-scene", "default"), ("inpaint-scene", "everest-demo"), ("inpaint-scenes", "default")} <= names
 
 
+@pytest.mark.slow
 def test_flow_without_input_runs_the_everest_demo(tmp_path, tiny_run, prefect_harness):
     from flows.inpaint import inpaint_scene_flow
 

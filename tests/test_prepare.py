@@ -131,6 +131,7 @@ def test_unreachable_scheduler_is_a_clear_error(real_store):
         compute_edges(real_store, dask=DaskConfig(scheduler="tcp://127.0.0.1:1", connect_timeout_s=2))
 
 
+@pytest.mark.slow
 def test_flow_and_deployment(prefect_harness, real_store):
     from flows.prepare import deployments, prepare_dataset_flow
 

@@ -16,6 +16,8 @@ from pipeline.edges import edges_for_batch
 from pipeline.prepare import DaskConfig, compute_edges, prepare_store
 from pipeline.store import Radiometry, create_store, open_store
 
+pytestmark = pytest.mark.slow  # Dask scheduler and workers, a prepare killed mid-run (own processes)
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -12,15 +12,19 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 FAST = ["train.batch_size=2", "train.crop_size=64", "schedule.mape_patches=2"]
 
 
+@pytest.mark.slow
 def test_train_then_retrain_promotes_only_if_better(prefect_harness, prepared_store, tmp_path, monkeypatch):
+    import models.registry as reg
     from flows.train import retrain_model_flow, train_model_flow
 
     monkeypatch.setenv("EDGEFILL_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setattr(reg, "SHIPPED_DIR", tmp_path / "no-shipped-model")  # a user's first model
     run_dir = tmp_path / "runs" / "first"
     out = train_model_flow(store=str(prepared_store), run_dir=str(run_dir), config="tiny", mode="joint",
                            max_steps=4, overrides=FAST, pairs_per_bin=1)
     assert out["promoted"] and current_model() == out["model"] == "tiny-v1"
-    assert out["metrics"]["hole_psnr"] > 0 and (run_dir / "eval" / "evaluation.md").exists()
+    assert out["metrics"]["split"] == "validation" and out["metrics"]["test"]["split"] == "test"  # test: reported only
+    assert (run_dir / "eval" / "validation" / "evaluation.md").exists() and (run_dir / "eval" / "test" / "evaluation.md").exists()
     assert json.loads((run_dir / "metrics.json").read_text())["evaluation"]["hole_psnr"] == out["metrics"]["hole_psnr"]
 
     res = retrain_model_flow(store=str(prepared_store), out_root=str(tmp_path / "runs"), max_steps=2,
@@ -38,7 +42,7 @@ def test_train_then_retrain_promotes_only_if_better(prefect_harness, prepared_st
     from prefect.client.orchestration import get_client
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts()}
-    assert {"train-model", "train-model-evaluation", "retrain-model"} <= keys
+    assert {"train-model", "train-model-evaluation", "train-model-test", "retrain-model"} <= keys
 
 
 def test_deployments_declare_default_and_nightly_cron():

@@ -40,6 +40,8 @@ class LossConfig(BaseModel):
     edge_adv_stage2: GanObjective = "l2"
     ssim_window: int = 11
     inpaint_l1_weight: float = 1.0
+    inpaint_objective: Literal["l1", "log_mse"] = Field("l1", description="G2's reconstruction term: EdgeConnect's "
+                                                         "hole-normalised L1, or the per-sample log hole MSE (= -mean hole PSNR)")
     inpaint_l1_scaled: bool = Field(False, description="divide G2's L1 by each tile's known-pixel std per band "
                                     "(g2_normalise units), so every tile weighs alike")
     inpaint_adv_weight: float = 0.1

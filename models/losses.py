@@ -112,6 +112,16 @@ def hole_normalised_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.T
     return diff.mean() / mask.mean().clamp_min(eps)
 
 
+def hole_log_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mean over samples of ``log(MSE over the sample's hole pixels + eps)``: minimising it
+    maximises the mean hole PSNR exactly (PSNR = -10 log10 MSE), each sample weighted by the
+    inverse of its own error. ``eps`` (units of a [0, 1] image, squared) caps the weight at
+    50 dB. Samples without a hole contribute log(eps), a constant."""
+    hole = mask.expand_as(output)
+    mse = (((output - target) ** 2) * hole).sum((1, 2, 3)) / hole.sum((1, 2, 3)).clamp_min(1.0)
+    return torch.log(mse + eps).mean()
+
+
 def hole_mean_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean |output - target| over the hole pixels only (all channels); 0 when there is no hole.
     A monitoring metric (``hole_l1``), not a training loss."""

@@ -19,7 +19,7 @@ import torch
 from models.checkpoint import CheckpointError, load_state, unwrap
 from models.config import ModelConfig
 from models.losses import (discriminator_loss, edge_mape, edge_mape_exact, feature_matching_loss, gan_loss,
-                           hole_mean_l1, hole_normalised_l1, perceptual_and_style, structure_loss)
+                           hole_log_mse, hole_mean_l1, hole_normalised_l1, perceptual_and_style, structure_loss)
 from models.networks import build_networks, known_stats
 from models.vgg import VGG19Features
 
@@ -179,8 +179,11 @@ class Trainer:
             adv = gan_loss(g_logits.float(), True, L.inpaint_adv)
             loss_g = loss_g + L.inpaint_adv_weight * adv
             scalars.update(d2=loss_d.item(), g2_adv=adv.item())
-        scale = known_stats(image, 1 - mask)[1] if L.inpaint_l1_scaled else None
-        l1 = hole_normalised_l1(out, image, mask, scale=scale)
+        if L.inpaint_objective == "log_mse":
+            l1 = hole_log_mse(out, image, mask)
+        else:
+            scale = known_stats(image, 1 - mask)[1] if L.inpaint_l1_scaled else None
+            l1 = hole_normalised_l1(out, image, mask, scale=scale)
         loss_g = loss_g + L.inpaint_l1_weight * l1
         if self.vgg is not None:
             perc, style = perceptual_and_style(self.vgg, out, image, mask)

@@ -22,9 +22,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import os
-import shutil
 import time
-import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
@@ -34,12 +32,14 @@ import zarr
 from pydantic import BaseModel
 from zarr.codecs import BloscCodec
 
+from pipeline.atomic_io import atomic_dir
 from pipeline.export_config import ExportConfig, ExportError
 from pipeline.pictures import picture_markdown
 from pipeline.sampling import flatten_blocks
 from pipeline.shard_io import write_shard as write_shard_file
 from pipeline.sources.base import PatchRequest, PatchSource, SourceError
-from pipeline.store import PER_PATCH_ARRAYS, StoreError, config_hash, create_store, dimension_names, open_store
+from pipeline.store import (PER_PATCH_ARRAYS, ExportRecord, StoreError, config_hash, create_store, dimension_names,
+                            open_store, read_meta, write_meta)
 
 #: Test hook: ``"K"`` or ``"K:images"`` - every shard job ``k >= K`` stops (until killed) after fetching,
 #: before writing anything (``"K"``), or right after writing its ``images`` shard (``"K:images"``).
@@ -115,13 +115,10 @@ def _fast_images_codec(group: zarr.Group) -> None:
 
 
 def create_export_store(config: ExportConfig, source: PatchSource, candidates: list[PatchRequest]) -> zarr.Group:
-    """Create the store under a temporary name, write metadata + plan, rename into place."""
+    """Create the store under a temporary name, write metadata + plan, rename into place
+    (:func:`pipeline.atomic_io.atomic_dir`)."""
     out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_dir(out) as tmp:
         data_config = config.data_config()
         group = create_store(tmp, n_patches=_initial_size(config, len(candidates)), patch_size=config.patch_size,
                              shard_patches=config.shard_patches, bands=source.bands, radiometry=source.radiometry,
@@ -136,12 +133,8 @@ def create_export_store(config: ExportConfig, source: PatchSource, candidates: l
         if candidates:
             plan[:] = np.array([c.model_dump_json() for c in candidates])
         meta = getattr(source, "scene_metadata", lambda: {})()
-        group.attrs.update({"n_candidates": len(candidates), "target": config.target,
-                            "scenes": meta, "export_summary": {"complete": False}})
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_meta(group, n_candidates=len(candidates), target=config.target, scenes=meta,
+                   export_summary=ExportRecord())
     return zarr.open_group(str(out), mode="r+", zarr_format=3)
 
 
@@ -154,7 +147,7 @@ def open_export_store(config: ExportConfig) -> zarr.Group:
         raise ExportError(f"output path {out} exists but is not a resumable edgefill export store: {exc}; "
                           "choose another --out or delete it") from exc
     want = config_hash(config.data_config())
-    have = group.attrs.get("config_hash")
+    have = read_meta(group).config_hash
     if have != want:
         raise ExportError(f"output store {out} was exported with another config (hash {have}, this config {want}); "
                           "choose another --out or delete the store (it was left untouched)")
@@ -288,8 +281,9 @@ def export_landsat(config: ExportConfig, *, source: PatchSource | None = None,
         open_export_store(config)  # refuse a mismatching store before touching the network
     source = source or build_source(config)
     group, candidates = prepare_export(config, source)
-    if group.attrs.get("export_summary", {}).get("complete"):
-        return ExportSummary(**{**group.attrs["export_summary"]["summary"], "shards_written_now": 0})
+    meta = read_meta(group)
+    if meta.export_summary.complete:
+        return ExportSummary(**{**meta.export_summary.summary, "shards_written_now": 0})
     s = config.shard_patches
     n_shards = -(-len(candidates) // s)
     done = np.zeros(n_shards, dtype=bool)
@@ -303,7 +297,7 @@ def export_landsat(config: ExportConfig, *, source: PatchSource | None = None,
         def run_shard(k: int, cands: list[PatchRequest]) -> ShardResult:
             return write_shard(out, k, cands, source, arrays)
     width = max_shards_in_flight or shards_in_flight(config)
-    failures: list[str] = list(group.attrs.get("export_failures", []))[-20:]
+    failures: list[str] = meta.export_failures[-20:]
     written_now = 0
     in_flight: dict[Future, int] = {}
     pending = [k for k in range(n_shards) if not done[k]]
@@ -339,10 +333,10 @@ def export_landsat(config: ExportConfig, *, source: PatchSource | None = None,
         for fut in in_flight:
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
-    group.attrs["export_failures"] = failures
+    write_meta(group, export_failures=failures)
     final = _final_shards(done, valid_per_shard, n_shards, target)
     if final is None:
-        group.attrs["export_summary"] = {"complete": False}
+        write_meta(group, export_summary=ExportRecord())
         raise ExportError(f"export to {out} incomplete: {len(failures)} shard failure(s), last: "
                           f"{failures[-1] if failures else '?'}; rerun the same command to resume")
     return finalize_export(group, config, candidates, final, written_now, failures, time.perf_counter() - t0)
@@ -369,8 +363,9 @@ def finalize_export(group: zarr.Group, config: ExportConfig, candidates: list[Pa
     out = Path(config.out)
     quicklook = write_quicklook(group, out.parent / f"{out.stem}_quicklook.png")
     stac = write_stac_catalog(group, out)
+    meta = read_meta(group)
     summary = ExportSummary(
-        store=str(out), config_hash=group.attrs["config_hash"], source=group.attrs["source"],
+        store=str(out), config_hash=meta.config_hash, source=meta.source,
         n_candidates=len(candidates), n_patches=n, n_valid=int(valid.sum()),
         n_train=int((valid & (split == "train")).sum()), n_validation=int((valid & (split == "validation")).sum()),
         n_test=int((valid & (split == "test")).sum()),
@@ -378,9 +373,9 @@ def finalize_export(group: zarr.Group, config: ExportConfig, candidates: list[Pa
         complete=True, exhausted=n_final_shards * s >= len(candidates), seconds=round(seconds, 3),
         quicklook=str(quicklook) if quicklook else None, stac_catalog=str(stac))
     stable = summary.model_dump(exclude={"shards_written_now", "seconds", "failures", "store", "quicklook", "stac_catalog"})
-    group.attrs["export_summary"] = {"complete": True, "summary": summary.model_dump(),
-                                     "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                     "content": stable}
+    write_meta(group, export_summary=ExportRecord(
+        complete=True, summary=summary.model_dump(), content=stable,
+        finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
     return summary
 
 

@@ -48,8 +48,8 @@ from pipeline.masks import MaskError
 from pipeline.masks.library import MaskLibraryConfig, build_mask_library, replace_arrays, write_mask_library
 from pipeline.pairings import EVAL_SPLITS, PairingConfig, build_eval_pairings, train_kind_pools
 from pipeline.shard_io import read_shard, write_shard
-from pipeline.store import (Radiometry, StoreError, config_hash, dimension_names, open_store, patch_indices,
-                            store_radiometry)
+from pipeline.store import (Radiometry, StoreError, config_hash, dimension_names, open_store, patch_indices, read_meta,
+                            store_radiometry, update_prepare)
 
 
 class DaskConfig(BaseModel):
@@ -161,12 +161,12 @@ def _ensure_edges_arrays(group: zarr.Group, params: EdgeParams) -> None:
     """Create ``edges`` + ``edges_done`` (or recreate them for other edge params / patch size;
     grow them, keeping finished shards, when the export grew the store)."""
     n, _, p, _ = group["images"].shape
-    s = int(group.attrs["shard_patches"])
+    meta = read_meta(group)
+    s = meta.shard_patches
     n_shards = -(-n // s)
-    prep = dict(group.attrs.get("prepare", {}))
     if "edges" in group:
         old = group["edges"].shape
-        if prep.get("edge_params") != params.model_dump() or old[1:] != (1, p, p) or old[0] > n:
+        if meta.prepare.edge_params != params or old[1:] != (1, p, p) or old[0] > n:
             del group["edges"], group["edges_done"]
         elif old[0] < n:
             group["edges"].resize((n, 1, p, p))
@@ -179,8 +179,7 @@ def _ensure_edges_arrays(group: zarr.Group, params: EdgeParams) -> None:
                            dimension_names=dimension_names("edges"))
         group.create_array("edges_done", shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0,
                            dimension_names=dimension_names("edges_done"))
-        prep["edge_params"] = params.model_dump()
-        group.attrs["prepare"] = prep
+        update_prepare(group, edge_params=params)
 
 
 def plan_edges(store_path: str | Path, params: EdgeParams = EdgeParams()) -> EdgesPlan:
@@ -234,15 +233,11 @@ def ensure_mask_library(store_path: str | Path, config: MaskLibraryConfig) -> tu
     if config.size != p:
         raise MaskError(f"mask size {config.size} != the store's patch size {p}")
     h = config_hash(config.model_dump())
-    prep = dict(group.attrs.get("prepare", {}))
-    if prep.get("masks_hash") == h and all(a in group for a in ("masks", "masks_kind", "masks_ratio")):
+    if read_meta(group).prepare.masks_hash == h and all(a in group for a in ("masks", "masks_kind", "masks_ratio")):
         return int(group["masks"].shape[0]), False
     lib = build_mask_library(config)
     write_mask_library(group, lib)
-    group = open_store(store_path, "r+", require=("images",))
-    prep = dict(group.attrs.get("prepare", {}))
-    prep["masks_hash"] = h
-    group.attrs["prepare"] = prep
+    update_prepare(open_store(store_path, "r+", require=("images",)), masks_hash=h)
     return len(lib.masks), True
 
 
@@ -289,9 +284,6 @@ def record_prepare(store_path: str | Path, config: PrepareConfig, edges: dict, n
                              n_validation_pairs=counts[1], n_test_pairs=counts[2],
                              seconds=round(time.perf_counter() - t0, 3),
                              config_hash=config_hash(config.model_dump()))
-    prep = dict(group.attrs.get("prepare", {}))
-    prep.update({"config": config.model_dump(), "config_hash": summary.config_hash,
-                 "edge_params": config.edges.model_dump(), "last_run": summary.model_dump(),
-                 "complete": summary.shards_not_exported == 0})
-    group.attrs["prepare"] = prep
+    update_prepare(group, config=config.model_dump(), config_hash=summary.config_hash, edge_params=config.edges,
+                   last_run=summary.model_dump(), complete=summary.shards_not_exported == 0)
     return summary

@@ -99,7 +99,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, reference, hold_from, st
     keys = list(zip(got["arrays"]["scene_id"].tolist(), map(tuple, got["arrays"]["transform"].tolist())))
     assert len(set(keys)) == len(keys)  # no duplicates
     assert got["arrays"]["export_done"].all()  # no gaps
-    assert list(tmp_path.glob(".landsat.zarr.tmp-*")) == []
+    assert list(tmp_path.glob(".landsat.zarr.*.tmp")) == []  # atomic_io temporaries
 
 
 def test_resume_after_failures_and_a_torn_grow(tmp_path, reference):

@@ -79,6 +79,7 @@ async def _artifacts(url: str):
             return await client.read_artifacts()
 
 
+@pytest.mark.slow
 def test_flow_in_process_tasks_per_shard(prefect_harness, tmp_path):
     """The flow called in-process (session test server): one retried task run per shard."""
     from flows.export import export_landsat_flow

@@ -9,7 +9,7 @@ import torch
 
 from models.config import ModelConfig
 from models.losses import (discriminator_loss, edge_mape, edge_mape_exact, feature_matching_loss, gan_loss,
-                           hole_normalised_l1, perceptual_and_style, structure_loss)
+                           hole_log_mse, hole_normalised_l1, perceptual_and_style, structure_loss)
 from models.networks import Discriminator
 from models.trainer import Trainer
 from models.vgg import VGG19Features
@@ -187,3 +187,17 @@ def test_without_vgg_weights_perceptual_and_style_are_off_with_a_warning(monkeyp
     monkeypatch.delenv("EDGEFILL_VGG19_WEIGHTS", raising=False)
     trainer = Trainer(ModelConfig.tiny(), torch.device("cpu"))
     assert trainer.vgg is None and "perceptual and style losses are OFF" in trainer.warnings[0]
+
+
+def test_log_mse_is_minus_the_mean_hole_psnr_up_to_constants():
+    target = torch.zeros(2, 3, 8, 8)
+    out = target.clone()
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., :4, :4] = 1
+    out[0, :, :4, :4] = 0.1      # sample 0: hole MSE 0.01 (20 dB)
+    out[1, :, :4, :4] = 0.01     # sample 1: hole MSE 1e-4 (40 dB)
+    out[:, :, 6:, 6:] = 1.0      # errors outside the hole do not count
+    value = hole_log_mse(out, target, mask, eps=0.0).item()
+    assert value == pytest.approx((math.log(1e-2) + math.log(1e-4)) / 2, rel=1e-5)
+    psnr_mean = (20 + 40) / 2
+    assert -10 * value / math.log(10) == pytest.approx(psnr_mean, rel=1e-5)

@@ -144,3 +144,15 @@ def test_metadata_is_typed_and_written_only_when_valid(tmp_path):
     g.attrs["radiometry"] = {"dtype": "int7"}
     with pytest.raises(StoreError, match="bad metadata radiometry.dtype"):
         read_meta(g)
+
+
+def test_no_module_but_the_store_reads_or_writes_raw_attrs():
+    """The metadata has one reader/writer: pipeline/store.py (read_meta, write_meta, update_prepare)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    raw = [f"{path.relative_to(repo)}:{n}" for folder in ("pipeline", "models", "flows", "bench")
+           for path in sorted((repo / folder).rglob("*.py")) if path != repo / "pipeline" / "store.py"
+           for n, line in enumerate(path.read_text().splitlines(), 1)
+           if ".attrs[" in line or ".attrs.get(" in line or ".attrs.update(" in line]
+    assert raw == [], raw

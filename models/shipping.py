@@ -88,3 +88,34 @@ def check_shipped(path: Path) -> None:
     load_inference_bundle(path)
     if not (path / CARD).is_file():
         raise CheckpointError(f"shipped model {path} has no {CARD}")
+
+
+def store_data_table(store: str | Path) -> str:
+    """Markdown: every scene of the store by split, with sensor and valid patch count."""
+    import numpy as np
+
+    from pipeline.store import open_store
+
+    g = open_store(store)
+    valid = np.asarray(g["valid"][:])
+    scene, sensor, split = (np.asarray(g[k][:]) for k in ("scene_id", "sensor", "split"))
+    rows = {}
+    for s, sen, sp in zip(scene[valid], sensor[valid], split[valid]):
+        rows.setdefault((str(sp), str(s), str(sen)), 0)
+        rows[(str(sp), str(s), str(sen))] += 1
+    order = {"train": 0, "validation": 1, "test": 2}
+    lines = ["| split | scene | sensor | patches |", "|---|---|---|---|"]
+    lines += [f"| {sp} | {s} | {sen} | {n} |" for (sp, s, sen), n in sorted(rows.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))]
+    totals = {sp: sum(n for (s2, _, _), n in rows.items() if s2 == sp) for sp in order}
+    return "\n".join(lines) + "\n\nPatches (256 x 256 px): " + ", ".join(f"{k} {v}" for k, v in totals.items()) + "\n"
+
+
+def score_for_card(model_dir: str | Path, store: str | Path, split: str, pairs_per_bin: int | None = None) -> list[dict]:
+    """Deployment-path records of the model (as shipped) and every baseline on ``split``."""
+    from models.baselines import BASELINES
+    from models.evaluate import ModelFill, score_pairs, select_pairs
+    from pipeline.dataset import EvalPairs
+
+    ds = EvalPairs(store, split)
+    keep = select_pairs(ds, pairs_per_bin)
+    return score_pairs(ds, keep, ModelFill.load(model_dir), ("model",) + BASELINES)

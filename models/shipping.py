@@ -119,3 +119,71 @@ def score_for_card(model_dir: str | Path, store: str | Path, split: str, pairs_p
     ds = EvalPairs(store, split)
     keep = select_pairs(ds, pairs_per_bin)
     return score_pairs(ds, keep, ModelFill.load(model_dir), ("model",) + BASELINES)
+
+
+def model_card(name: str, run_dir: str | Path, store: str | Path, *, val_records: list[dict], test_records: list[dict],
+               val_fp32_psnr: float, training: dict[str, Any], commands: list[str], notes: list[str]) -> str:
+    """The card beside the weights: what the model is, its data, how it was trained and selected,
+    its validation and test tables beside the classical fills, and the commands that reproduce it."""
+    meta = read_run_config(Path(run_dir))
+    cfg = run_model_config(meta)
+    from models.networks import build_networks, count_parameters
+
+    nets = build_networks(cfg)
+    n_params = count_parameters(nets["g1"]) + count_parameters(nets["g2"])
+    val_m, test_m = margins_over(val_records), margins_over(test_records)
+    val_h, test_h = margins_over(val_records, baseline="harmonic"), margins_over(test_records, baseline="harmonic")
+    val_fp16 = {r["method"]: r["hole_psnr"] for r in summarise(val_records) if r["mask_kind"] == "all"}["model"]
+
+    def margin_line(m: dict[str, float]) -> str:
+        bins = {k: v for k, v in m.items() if k != "all"}
+        return ", ".join(f"{k} {v:+.2f}" for k, v in bins.items()) + f"; mean over bins {sum(bins.values()) / len(bins):+.2f} dB"
+
+    t, L = cfg.train, cfg.losses
+    lines = [
+        f"# Model card: `{name}`", "",
+        "The default model of edgefill: what `edgefill inpaint IN.tif OUT.tif` uses when no `--model` is given "
+        "(and what `current` means until you promote a model of your own).", "",
+        "## What it is",
+        f"- EdgeConnect (arXiv 1901.00212) adapted as in the project's method: **G1** completes Canny edges from the "
+        f"mask and the known edges only (no grayscale); **G2** fills RGB conditioned on the completed edges, starting "
+        f"from a harmonic prefill of the hole and predicting a residual in units of each tile's known-pixel standard "
+        f"deviation (`g2_residual_fill`, `g2_normalise`): known pixels are never changed, and a tile's gain and offset "
+        f"(8-bit DN, TOA or SR reflectance) do not matter to the learned part.",
+        f"- Preset `{cfg.name}`: base {cfg.base_channels} channels, {cfg.residual_blocks} residual blocks, "
+        f"D {cfg.disc_channels}; G1 + G2 = {n_params:,} parameters, stored in float16 "
+        f"({'%.1f' % ((Path(SHIPPED_DIR) / name / 'checkpoints' / 'last.pt').stat().st_size / 2 ** 20) if (Path(SHIPPED_DIR) / name / 'checkpoints' / 'last.pt').exists() else '?'} MiB).",
+        f"- Inputs: RGB = Landsat B3, B2, B1 (Landsat 8: B4, B3, B2); radiometry `{meta['radiometry']['description']}`; "
+        f"scenes of another dtype are stretched per scene (p0.5 / p99.5 -> 1/255 .. 1) as `edgefill inpaint` does. "
+        f"Canny: sigma {meta['edge_params']['sigma']}, thresholds {meta['edge_params']['low_threshold']} / "
+        f"{meta['edge_params']['high_threshold']}. Tiles of {meta['patch_size']} px.",
+        "", "## Data",
+        "Real Landsat only (provenance and licences: `data_catalog/scenes/SOURCES.md`, `data_catalog/ATTRIBUTION.md`); "
+        "split by scene / place, Everest never trained on (test). Masks: the project's library, split the same way "
+        "(procedural QD-IMD-style strokes, an SLC-off generator fitted to real gaps, crops of real SLC-off gap masks, "
+        "real QA clouds, real nodata, real QD-IMD); training draws a fresh mask, augmentation and crop per sample.", "",
+        store_data_table(store), "",
+        "## Training",
+        f"- Mode `{t.mode}`, {t.batch_size} x {t.crop_size or meta['patch_size']} px crops per step, Adam "
+        f"betas {tuple(t.betas)}, lr G {t.lr_g:g} / D {t.lr_d:g}, {t.lr_schedule} schedule; G1: the method's two-stage "
+        f"adversarial + feature-matching + SSIM losses (stage switch: validation edge MAPE < {cfg.schedule.mape_threshold} "
+        f"or epoch {cfg.schedule.max_stage1_epochs}); G2: {L.inpaint_objective} reconstruction"
+        f"{' (scaled by the known-pixel std)' if L.inpaint_l1_scaled and L.inpaint_objective == 'l1' else ''}, "
+        f"adversarial weight {L.inpaint_adv_weight:g}, perceptual {L.perceptual_weight:g}, style {L.style_weight:g}.",
+        *[f"- {k}: {v}" for k, v in training.items()],
+        "", "## Evaluation (deployment path)",
+        "Scores come from the same tiled fill `edgefill inpaint` runs (known edges of the masked tile, G1, G2, "
+        "blending, composite written in the stored dtype) on FIXED pairs of held-out scenes and held-out masks. "
+        "Hole PSNR / SSIM / L1 on the hole pixels (data range 1), composite SSIM on the whole patch; GDAL FillNodata "
+        "(rasterio.fill.fillnodata, search distance = the patch diagonal), OpenCV Telea and Navier-Stokes (radius 3) "
+        "and the harmonic prefill alone (`harmonic`, what G2 starts from) on the same pairs.", "",
+        f"**Hole-PSNR margin over GDAL FillNodata** (dB) - validation: {margin_line(val_m)}; "
+        f"**test: {margin_line(test_m)}**.", "",
+        f"Over its own prefill (learning's share) - validation: {margin_line(val_h)}; test: {margin_line(test_h)}.", "",
+        f"Half precision: validation hole PSNR {val_fp16:.3f} dB with the shipped float16 weights, {val_fp32_psnr:.3f} dB "
+        f"with the float32 checkpoint.", "",
+        "### Validation split (model selection read only this)", "", card_tables(val_records), "",
+        "### Test split (never used for a decision)", "", card_tables(test_records), "",
+        "## Reproduce", "", "```bash", *commands, "```", "",
+        "## Limits", "", *[f"- {n}" for n in notes], ""]
+    return "\n".join(lines)

@@ -3,22 +3,22 @@
 One task per shard (``export-shard``, retried), scheduled by the same plain function the CLI
 uses; the flow returns the store path and a small summary, and publishes a markdown artifact
 (counts, skips, failures, quicklook mosaic PNG written beside the store).
+The flow's one parameter is the stage's config, :class:`pipeline.export_config.ExportConfig`
+(Prefect validates it and shows its fields in the UI); its defaults are the embedded demo's.
 Deployment ``export-landsat/default`` = the embedded local demo into ``./demo_out/landsat.zarr``;
-``-p source=earthengine -p project=P -p key=KEY.json`` switches the same deployment to Earth Engine.
+``-p config='{"source": "earthengine", "project": "P", "key": "KEY.json"}'`` switches the same
+deployment to Earth Engine.
 """
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from pipeline.export import ShardResult, build_source, export_landsat, summary_markdown, write_shard
-from pipeline.export_config import ExportConfig, build_export_config
+from pipeline.export_config import ExportConfig
 from pipeline.sources.base import PatchRequest
-
-DEFAULT_OUT = "./demo_out/landsat.zarr"
 
 
 @lru_cache(maxsize=4)
@@ -34,20 +34,14 @@ def export_shard_task(store: str, shard: int, candidates: list[PatchRequest], co
 
 
 @flow(name="export-landsat", log_prints=True)
-def export_landsat_flow(source: str = "local", out: str = DEFAULT_OUT, count: int | None = None, seed: int = 0,
-                        shard_patches: int = 16, project: str | None = None, key: str | None = None,
-                        api_url: str | None = None, high_volume: bool = False, aois: list[str] | None = None,
-                        start: str | None = None, end: str | None = None, concurrency: int | None = None,
-                        config: dict[str, Any] | None = None) -> dict:
-    """Export real Landsat patches into ``out`` (resumes an interrupted export of the same config)."""
-    cfg = build_export_config(source, out, count, seed, project, key, aois, config, shard_patches=shard_patches,
-                              api_url=api_url, high_volume=high_volume, start=start, end=end, concurrency=concurrency)
-    cfg_json = cfg.model_dump_json()
+def export_landsat_flow(config: ExportConfig = ExportConfig()) -> dict:
+    """Export real Landsat patches into ``config.out`` (resumes an interrupted export of the same config)."""
+    cfg_json = config.model_dump_json()
 
     def run_shard(k: int, candidates: list[PatchRequest]) -> ShardResult:
-        return ShardResult(**export_shard_task(str(cfg.out), k, candidates, cfg_json))
+        return ShardResult(**export_shard_task(str(config.out), k, candidates, cfg_json))
 
-    summary = export_landsat(cfg, source=_source_for(cfg_json), run_shard=run_shard)
+    summary = export_landsat(config, source=_source_for(cfg_json), run_shard=run_shard)
     create_markdown_artifact(key="export-landsat", markdown=summary_markdown(summary),
                              description=f"export-landsat summary for {summary.store}")
     print(f"exported {summary.n_valid} valid patches into {summary.store} ({summary.shards_total} shards)")
@@ -56,6 +50,7 @@ def export_landsat_flow(source: str = "local", out: str = DEFAULT_OUT, count: in
 
 def deployments() -> list:
     return [export_landsat_flow.to_deployment(
-        name="default", parameters={"out": DEFAULT_OUT},
-        description="Embedded demo: bundled real Landsat scenes -> ./demo_out/landsat.zarr. For Earth Engine: "
-                    "-p source=earthengine -p project=P -p key=KEY.json (or EDGEFILL_EE_KEY on the worker).")]
+        name="default",
+        description="Embedded demo: bundled real Landsat scenes -> ./demo_out/landsat.zarr (the config's defaults). "
+                    "For Earth Engine: -p config='{\"source\": \"earthengine\", \"project\": \"P\", "
+                    "\"key\": \"KEY.json\"}' (or EDGEFILL_EE_KEY on the worker).")]

@@ -6,8 +6,10 @@ Edges run through Prefect's Dask integration: the subflow ``compute-edges`` maps
 existing scheduler at ``scheduler`` (``tcp://host:port``) otherwise, whose workers must import this
 project and see the store path. Prefect sees, retries and records each shard task. Then the tasks
 ``mask-library`` and ``pairings`` (whole-store, cheap). Returns the store path and a small summary;
-a markdown artifact records it.
-Deployment ``prepare-dataset/default`` prepares the demo store ``./demo_out/landsat.zarr``.
+a markdown artifact records it. The flow's one parameter is the stage's config,
+:class:`pipeline.prepare.PrepareDatasetConfig` (store, seed, edge/mask/pairing settings, Dask).
+Deployment ``prepare-dataset/default`` prepares the demo store ``./demo_out/landsat.zarr`` (the
+config's default); ``-p config='{"store": "S.zarr", "dask": {"scheduler": "tcp://HOST:8786"}}'``.
 """
 from __future__ import annotations
 
@@ -20,12 +22,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect_dask import DaskTaskRunner
 
 from pipeline.edges import EdgeParams
-from pipeline.prepare import (DaskConfig, PrepareConfig, build_prepare_config, edges_shard, ensure_mask_library,
+from pipeline.prepare import (DaskConfig, PrepareConfig, PrepareDatasetConfig, edges_shard, ensure_mask_library,
                               finish_edges, plan_edges, record_prepare, summary_markdown, write_pairings)
 from pipeline.store import open_store
-
-DEFAULT_STORE = "./demo_out/landsat.zarr"
-
 
 def dask_task_runner(cfg: DaskConfig) -> DaskTaskRunner:
     """prefect-dask runner on the scheduler at ``cfg.scheduler``, else on a fresh LocalCluster."""
@@ -64,15 +63,12 @@ def pairings_task(store: str, config: PrepareConfig) -> tuple[int, int, int]:
 
 
 @flow(name="prepare-dataset", log_prints=True)
-def prepare_dataset_flow(store: str = DEFAULT_STORE, scheduler: str | None = None, seed: int = 0,
-                         n_workers: int = 1, threads_per_worker: int = 2,
-                         config: dict[str, Any] | None = None) -> dict:
-    """Add edges, the mask library and pairings to ``store`` (idempotent, resumable)."""
+def prepare_dataset_flow(config: PrepareDatasetConfig = PrepareDatasetConfig()) -> dict:
+    """Add edges, the mask library and pairings to ``config.store`` (idempotent, resumable)."""
     t0 = time.perf_counter()
-    cfg = build_prepare_config(seed, config)
-    dask = DaskConfig(scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker)
+    store, cfg = str(config.store), config.prepare_config()
     open_store(store, "r", require=("images", "valid", "split", "export_done"))  # fail fast, clearly
-    edges = compute_edges_flow.with_options(task_runner=dask_task_runner(dask))(store, cfg.edges.model_dump())
+    edges = compute_edges_flow.with_options(task_runner=dask_task_runner(config.dask))(store, cfg.edges.model_dump())
     n_masks, rebuilt = masks_task(store, cfg)
     counts = pairings_task(store, cfg)
     summary = record_prepare(store, cfg, edges, n_masks, rebuilt, counts, t0)
@@ -82,6 +78,6 @@ def prepare_dataset_flow(store: str = DEFAULT_STORE, scheduler: str | None = Non
 
 def deployments() -> list:
     return [prepare_dataset_flow.to_deployment(
-        name="default", parameters={"store": DEFAULT_STORE},
+        name="default",
         description="Edges (one Prefect task per shard on a Dask cluster), mask library and pairings for the "
-                    "demo store ./demo_out/landsat.zarr")]
+                    "demo store ./demo_out/landsat.zarr (the config's default)")]

@@ -6,6 +6,13 @@ sizes, the GPU default), :meth:`ModelConfig.tiny` (16 base channels, 2 residual 
 tests) and :meth:`ModelConfig.demo` (tiny, joint mode, a few minutes on 2 CPU cores; its G2
 starts at a harmonic smooth fill and learns a residual, ``g2_residual_fill``).
 
+The models stage's run configs live here too, each the one declaration of its parameters and
+defaults (the CLI generates its flags from them, the flows take them as their ``config``
+parameter): :class:`TrainRunConfig` (``edgefill train``, ``python -m models.train`` / torchrun,
+the ``train-model`` flow), :class:`EvaluateConfig` (``edgefill evaluate``) and
+:class:`RetrainConfig` (the ``retrain-model`` flow). Light on purpose (no torch import): the CLI
+imports it to build its options.
+
 Conventions: mask 1 = missing; edges 1 = edge; images float32 NCHW in [0, 1].
 """
 from __future__ import annotations
@@ -14,9 +21,9 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 TrainMode = Literal["edge", "inpaint", "joint"]
 GanObjective = Literal["bce", "l1", "l2"]
@@ -190,3 +197,128 @@ class ModelConfig(BaseModel):
         if name not in presets:
             raise ValueError(f"unknown model config preset {name!r}; choose one of {sorted(presets)}")
         return presets[name](**train)
+
+
+PRESETS = ("tiny", "demo", "landsat-cpu", "full")
+
+
+def apply_overrides(cfg: ModelConfig, overrides: list[str]) -> ModelConfig:
+    """``["schedule.mape_threshold=0.5", "train.mode=edge"]`` -> a new validated config."""
+    data = cfg.model_dump(mode="json")
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if p not in node or not isinstance(node[p], dict):
+                raise ValueError(f"override {item!r}: no config section {p!r}")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ValueError(f"override {item!r}: unknown key {parts[-1]!r}; known: {sorted(node)}")
+        node[parts[-1]] = value
+    return ModelConfig.model_validate(data)
+
+
+def read_model_config_file(path: str | Path) -> dict:
+    """A ModelConfig from a JSON or YAML file (a run's ``config.json`` works: its ``model_config``)."""
+    from pipeline.config_io import read_config_file
+
+    data = read_config_file(path)
+    return data.get("model_config", data)
+
+
+def build_config(preset: str | dict | ModelConfig, *, mode: str | None = None, max_steps: int | None = None,
+                 batch_size: int | None = None, crop_size: int | None = None, overrides: list[str] | None = None,
+                 config_file: Path | None = None) -> ModelConfig:
+    """A preset name (or a ModelConfig, its dict, or a ModelConfig JSON/YAML file), then the train
+    options that are not None, then ``overrides``."""
+    train_kw = {k: v for k, v in dict(mode=mode, max_steps=max_steps, batch_size=batch_size,
+                                      crop_size=crop_size).items() if v is not None}
+    if config_file is not None:
+        preset = read_model_config_file(config_file)
+    elif isinstance(preset, str) and preset not in PRESETS:
+        if not Path(preset).is_file():
+            raise ValueError(f"unknown model config preset {preset!r}; choose one of {list(PRESETS)} "
+                             f"or give a ModelConfig JSON/YAML file")
+        preset = read_model_config_file(preset)
+    if isinstance(preset, str):
+        cfg = ModelConfig.preset(preset, **train_kw)
+    else:
+        base = preset if isinstance(preset, ModelConfig) else ModelConfig.model_validate(preset)
+        cfg = base.model_copy(update={"train": base.train.model_copy(update=train_kw)})
+        cfg = ModelConfig.model_validate(cfg.model_dump())
+    return apply_overrides(cfg, overrides or [])
+
+
+class TrainRunConfig(BaseModel):
+    """One training run: ``edgefill train``, ``python -m models.train`` (torchrun's ranks) and the
+    ``train-model`` flow (which then evaluates, registers and maybe promotes it).
+
+    ``model`` picks the ModelConfig; ``mode`` / ``max_steps`` / ``batch_size`` / ``crop_size`` (when
+    set) and then ``overrides`` change it (:meth:`resolve`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    store: Path = Field(Path("demo_out/landsat.zarr"), description="prepared store (STORE.zarr)")
+    out: Path = Field(Path("demo_out/runs/demo"), description="run directory (resumed if it holds a checkpoint)")
+    model: str | ModelConfig = Field("demo", description="preset: tiny (CPU tests), demo (tiny, joint, minutes on "
+                                     "CPU), landsat-cpu (the shipped recipe), full (GPU); or a ModelConfig JSON/YAML "
+                                     "file (a run's config.json works); or a ModelConfig")
+    mode: TrainMode | None = Field(None, description="edge | inpaint | joint (default: the preset's)")
+    max_steps: int | None = Field(None, ge=0, description="generator steps to train to (default: the preset's)")
+    batch_size: int | None = Field(None, ge=1, description="patches per step (default: the preset's)")
+    crop_size: int | None = Field(None, description="random square crop, px, multiple of 4 (default: the preset's)")
+    overrides: list[str] = Field(default_factory=list, description="model config changes SECTION.KEY=VALUE, "
+                                 "e.g. schedule.mape_threshold=0.2, train.compile=true")
+    nproc: int = Field(1, ge=1, description="processes (GPUs) on this host, through torchrun")
+    resume: bool = Field(True, description="resume OUT if it holds a checkpoint (else start fresh)")
+    init_from: str | None = Field(None, description="run dir or registry name whose weights start this run")
+    device: str | None = Field(None, description="cpu | cuda | cuda:N (default: the rank's GPU if any, else cpu)")
+    progress: bool = Field(True, description="progress bar (rank 0)")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str | ModelConfig) -> str | ModelConfig:
+        if isinstance(v, str) and v not in PRESETS and not Path(v).is_file():
+            raise ValueError(f"unknown model config preset {v!r}; choose one of {list(PRESETS)} "
+                             f"or give a ModelConfig JSON/YAML file")
+        return v
+
+    def resolve(self) -> ModelConfig:
+        """The ModelConfig this run trains."""
+        return build_config(self.model, mode=self.mode, max_steps=self.max_steps, batch_size=self.batch_size,
+                            crop_size=self.crop_size, overrides=self.overrides)
+
+
+class EvaluateConfig(BaseModel):
+    """One evaluation (``edgefill evaluate``; the ``train-model`` / ``retrain-model`` flows' evaluation
+    tasks): ``model`` and the classical baselines on the fixed ``split`` pairings of ``store``."""
+
+    model_config = ConfigDict(extra="forbid")
+    store: Path = Field(Path("demo_out/landsat.zarr"), description="prepared store whose fixed pairings are scored")
+    model: str | None = Field(None, description="run dir or registry name ('current'); none: baselines only")
+    out: Path | None = Field(None, description="report folder (default: RUN_DIR/eval, or ./eval for baselines only)")
+    pairs_per_bin: int | None = Field(None, ge=1, description="first k pairs of every (kind, bin) cell (default: all)")
+    baselines: bool = Field(True, description="also score Telea, Navier-Stokes, GDAL fill, harmonic prefill")
+    split: Literal["test", "validation"] = Field("test", description="test (reported) or validation (what "
+                                                 "decisions read)")
+    device: str = Field("cpu", description="cpu | cuda")
+
+
+class RetrainConfig(BaseModel):
+    """The ``retrain-model`` flow (:func:`models.promotion.retrain`): fine-tune ``base`` on ``store``,
+    evaluate it and the base on the same validation pairings, promote only if better."""
+
+    model_config = ConfigDict(extra="forbid")
+    store: Path = Field(Path("demo_out/landsat.zarr"), description="prepared store to fine-tune on")
+    out_root: Path = Field(Path("demo_out/runs"), description="folder of the new run (retrain-<UTC stamp>)")
+    base: str = Field("current", description="model to fine-tune: registry name, 'current' or a run dir")
+    max_steps: int = Field(200, ge=1, description="fine-tuning steps")
+    overrides: list[str] = Field(default_factory=list, description="model config changes SECTION.KEY=VALUE")
+    pairs_per_bin: int | None = Field(2, ge=1, description="evaluation pairs per (kind, bin) cell")
+    min_improvement: float = Field(0.0, ge=0.0, description="validation hole PSNR gain (dB) needed to promote")

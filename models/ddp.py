@@ -1,11 +1,14 @@
-"""Launching multi-process training: torchrun as a subprocess of the flow / CLI.
+"""Launching multi-process training: torchrun as a subprocess of the CLI / flow - the one place.
 
 ``torchrun_command(store, run_dir, nproc, args)`` is exactly what a user types on a GPU box::
 
     torchrun --standalone --nproc-per-node=N -m models.train STORE.zarr --config full --out RUN_DIR
 
 (``python -m torch.distributed.run`` is torchrun's module form, used so the venv's Python runs
-it.) Each rank uses NCCL on CUDA, gloo on CPU; rendezvous is local (``--standalone``); for
+it; ``python -m models.train`` is ``edgefill train``.) :func:`launch_training` runs a
+:class:`~models.config.TrainRunConfig` with ``nproc`` > 1 this way: the config is written to
+``RUN_DIR/train_config.json`` and every rank reads it (``--config``), so nothing is restated as
+flags. Each rank uses NCCL on CUDA, gloo on CPU; rendezvous is local (``--standalone``); for
 several nodes replace it with torchrun's ``--nnodes/--rdzv-endpoint`` options.
 """
 from __future__ import annotations
@@ -14,36 +17,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models.config import TrainRunConfig
+
+#: the run config every rank reads, written into the run directory by :func:`launch_training`
+RANK_CONFIG = "train_config.json"
 
 
 def torchrun_command(store: str | Path, run_dir: str | Path, nproc: int, args: list[str] | None = None) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(nproc)}",
             "-m", "models.train", str(store), "--out", str(run_dir), "--no-progress", *(args or [])]
-
-
-def train_args(config: str | dict = "tiny", *, run_dir: str | Path | None = None, mode: str | None = None,
-               max_steps: int | None = None, batch_size: int | None = None, crop_size: int | None = None,
-               overrides: list[str] | None = None, no_resume: bool = False,
-               init_from: str | Path | None = None) -> list[str]:
-    """``python -m models.train`` options (after STORE and --out) for these settings. ``config``: a
-    preset name, or a ModelConfig dict, written to ``RUN_DIR/requested_config.json`` (atomically)
-    and passed as ``--config-file``."""
-    if isinstance(config, dict):
-        if run_dir is None:
-            raise ValueError("a ModelConfig dict needs run_dir (it is written there for the ranks to read)")
-        from pipeline.atomic_io import atomic_write_json
-
-        path = Path(run_dir) / "requested_config.json"
-        atomic_write_json(path, config)
-        args = ["--config-file", str(path)]
-    else:
-        args = ["--config", config]
-    for flag, value in (("--mode", mode), ("--max-steps", max_steps), ("--batch-size", batch_size),
-                        ("--crop-size", crop_size), ("--init-from", init_from)):
-        if value is not None:
-            args += [flag, str(value)]
-    args += [a for o in (overrides or []) for a in ("--set", o)]
-    return args + (["--no-resume"] if no_resume else [])
 
 
 def launch_torchrun(store: str | Path, run_dir: str | Path, nproc: int, args: list[str] | None = None,
@@ -60,3 +45,20 @@ def launch_torchrun(store: str | Path, run_dir: str | Path, nproc: int, args: li
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise RuntimeError(f"torchrun ({nproc} processes) failed with exit code {proc.returncode}:\n{tail}")
     return proc
+
+
+def launch_training(cfg: "TrainRunConfig", *, threads_per_proc: int | None = None,
+                    timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Train ``cfg`` on ``cfg.nproc`` ranks: write it (as one rank's config: ``nproc`` 1, no progress
+    bar) to ``RUN_DIR/train_config.json`` atomically, then torchrun ``python -m models.train
+    --config`` that file."""
+    from pipeline.atomic_io import atomic_write_text
+
+    # the ranks run in the repository root: paths relative to the caller become absolute
+    store, out = Path(cfg.store).resolve(), Path(cfg.out).resolve()
+    model = str(Path(cfg.model).resolve()) if isinstance(cfg.model, str) and Path(cfg.model).is_file() else cfg.model
+    rank_cfg = cfg.model_copy(update={"store": store, "out": out, "model": model, "nproc": 1, "progress": False})
+    path = out / RANK_CONFIG
+    atomic_write_text(path, rank_cfg.model_dump_json(indent=2))
+    return launch_torchrun(store, out, cfg.nproc, ["--config", str(path)], threads_per_proc=threads_per_proc,
+                           timeout=timeout)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from models.baselines import BASELINES, run_baseline
+from models.config import EvaluateConfig
 from models.inference import TilingConfig, composite, fill_stored_patch, networks_fill_fn
 from models.losses import edge_mape_counts
 from models.metrics import EdgeCounts, image_metrics
@@ -215,6 +216,19 @@ def evaluate(store: str | Path, model: str | Path | None = None, *, methods: tup
                for r in rows if r["mask_kind"] == "all"}
     return EvalResult(rows=rows, overall=overall, n_pairs=len(keep), model=None if model is None else str(model),
                       split=split)
+
+
+def evaluate_run(cfg: EvaluateConfig) -> tuple[EvalResult, dict[str, str]]:
+    """The evaluate stage over its one config (``edgefill evaluate``, the flows' evaluation tasks):
+    :func:`evaluate` of ``cfg.model`` (+ the baselines unless ``cfg.baselines`` is off), its report
+    written to ``cfg.out`` (default ``RUN_DIR/eval``, or ``./eval`` for baselines only)."""
+    from models.registry import resolve_model
+
+    methods = (("model",) if cfg.model else ()) + (BASELINES if cfg.baselines else ())
+    result = evaluate(cfg.store, cfg.model, methods=methods, pairs_per_bin=cfg.pairs_per_bin, split=cfg.split,
+                      device=cfg.device)
+    folder = cfg.out or ((resolve_model(cfg.model) / "eval") if cfg.model else Path("eval"))
+    return result, write_report(result, folder)
 
 
 def _fmt(v) -> str:

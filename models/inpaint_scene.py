@@ -51,7 +51,7 @@ from typing import Literal
 
 import numpy as np
 import rasterio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rasterio.windows import Window
 
 from models.inference import FillFn, InferenceStats, TilingConfig, avoid_nodata, composite, inpaint_strips, model_fill_fn
@@ -77,22 +77,57 @@ class InpaintError(ValueError):
     """The scene cannot be inpainted as asked (bad paths, unknown model, nothing valid, ...)."""
 
 
-class InpaintSceneConfig(BaseModel):
-    """One scene's inpainting job (the flow's and the CLI's parameters)."""
+class InpaintSettings(BaseModel):
+    """How scenes are inpainted (every field but the paths): shared by :class:`InpaintSceneConfig`
+    (one scene) and :class:`InpaintScenesConfig` (many)."""
 
-    model_config = ConfigDict(frozen=True)
-    input: Path
-    output: Path
+    model_config = ConfigDict(frozen=True, extra="forbid")
     model: str = Field("current", description="run dir or registry name")
     mask: MaskSource = MaskSource()
-    bands: tuple[int, ...] | None = Field(None, description="1-based band indices (R, G, B); default 1,2,3")
-    device: str = "cpu"
+    bands: tuple[int, ...] | None = Field(None, description="1-based band indices (R, G, B) the model fills; "
+                                          "default 1,2,3")
+    device: str = Field("cpu", description="cpu | cuda")
     overlap: int = Field(32, ge=0, description="px shared by neighbouring tiles (blended)")
     batch_size: int | None = Field(None, ge=1, description="tiles per model call; default 4 on CPU, 32 on CUDA")
     tile: int | None = Field(None, description="tile px; default the model's patch size")
     quicklook_px: int = Field(512, ge=32)
-    zero_is_nodata: bool = Field(True, description="no nodata value and no mask: DN 0 is fill (Landsat)")
-    other_bands: OtherBands = Field("fill", description="bands the model does not fill: fill | keep")
+    zero_is_nodata: bool = Field(True, description="no nodata value and no mask: take DN 0 as fill (Landsat "
+                                 "convention)")
+    other_bands: OtherBands = Field("fill", description="bands not in bands: 'fill' (GDAL FillNodata) or 'keep' "
+                                    "(holes stay nodata)")
+
+
+class InpaintSceneConfig(InpaintSettings):
+    """One scene's inpainting job: the one declaration of the inpaint stage's parameters and defaults
+    (``edgefill inpaint``: ``--config FILE.yaml``, ``--set key=value``, generated flags; the
+    ``inpaint-scene`` flow's ``config`` parameter). ``output`` defaults to
+    ``<input folder>/<input stem>_inpainted.tif`` (:func:`default_output`)."""
+
+    input: Path = Field(description="input GeoTIFF scene")
+    output: Path = Field(description="output Cloud-Optimized GeoTIFF (.tif; sidecars beside it); "
+                         "default <input stem>_inpainted.tif beside the input")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_output(cls, data):
+        if isinstance(data, dict) and data.get("output") is None and data.get("input") is not None:
+            data = {**data, "output": default_output(data["input"])}
+        return data
+
+
+class InpaintScenesConfig(InpaintSettings):
+    """Many scenes (the ``inpaint-scenes`` flow): each ``inputs`` file into
+    ``output_dir/<stem>_inpainted.tif`` with the same settings; ``deployment`` (e.g.
+    ``inpaint-scene/default``) submits each scene to that served deployment instead of a subflow."""
+
+    inputs: list[Path] = Field(description="input GeoTIFF scenes")
+    output_dir: Path = Field(description="folder of the outputs")
+    deployment: str | None = Field(None, description="FLOW/DEPLOYMENT to submit each scene to (default: subflows)")
+
+    def jobs(self) -> list[InpaintSceneConfig]:
+        settings = self.model_dump(include=set(InpaintSettings.model_fields))
+        return [InpaintSceneConfig(**settings, input=p, output=default_output(p, self.output_dir))
+                for p in self.inputs]
 
 
 class InpaintSummary(BaseModel):
@@ -521,6 +556,24 @@ def write_stac_item(summary: InpaintSummary, info: SceneInfo, cfg: InpaintSceneC
     return dst
 
 
-__all__ = ["OTHER_FILL_DISTANCE", "OtherBands", "InpaintError", "InpaintSceneConfig", "InpaintSummary",
+
+def summary_markdown(summary: dict, input_path: str | Path) -> str:
+    """Markdown for the ``inpaint-scene`` artifact (``summary`` = ``InpaintSummary.model_dump(mode="json")``
+    of ``input_path``): what was filled, how, where the outputs are, and the quicklook."""
+    from pipeline.pictures import picture_markdown
+
+    notes = "\n\n" + "\n".join(f"- note: {n}" for n in summary["notes"]) if summary["notes"] else ""
+    return (f"## Inpainted `{Path(input_path).name}`\n\nmodel `{summary['model']}` on bands "
+            f"{summary['model_bands']}, {summary['filled_pixels']} px filled ({summary['filled_fraction']:.2%}), "
+            f"{summary['tiles_run']}/{summary['tiles_total']} tiles through the model, "
+            f"{summary['seconds']:.1f} s. Other bands {summary['other_bands']}: "
+            f"{summary['other_bands_handling']}. Holes: mask source `{summary['mask_source']}`; "
+            f"nodata: {summary['nodata_rule']}.{notes}\n\nCOG `{summary['output']}`, "
+            f"STAC `{summary['stac_item']}`\n\n"
+            + picture_markdown(summary["quicklook"], "quicklook: input | mask | output"))
+
+
+__all__ = ["OTHER_FILL_DISTANCE", "OtherBands", "InpaintError", "InpaintSceneConfig", "InpaintScenesConfig",
+           "InpaintSettings", "InpaintSummary", "summary_markdown",
            "RasterInputError", "StreamCounts", "avoid_nodata", "default_output", "inpaint_scene", "output_paths", "scene_radiometry",
            "write_quicklook", "write_stac_item"]

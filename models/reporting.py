@@ -119,3 +119,10 @@ def overall_rows(rows: list[dict]) -> list[dict]:
     """The evaluation rows over all hole-ratio bins, floats rounded to 4 places (for a table)."""
     return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
             for r in rows if r["ratio_bin"] == "all"]
+
+
+def retrain_markdown(base: str | None, steps: int, store: str, candidate: str, promoted: bool,
+                     current: str | None, reason: str) -> str:
+    """Markdown for the ``retrain-model`` artifact: what was fine-tuned on what, and the promotion decision."""
+    return (f"## retrain-model\n\nbase `{base}` fine-tuned {steps} steps on `{store}` -> `{candidate}`\n\n"
+            f"**{'PROMOTED' if promoted else 'KEPT ' + str(current)}**: {reason}\n")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from pydantic import BaseModel, ConfigDict, Field
 from rasterio.windows import Window
 
 from models.baselines import run_baseline
@@ -26,6 +27,16 @@ from pipeline.scenes import CATALOG_DIR, read_scene
 EVEREST_ID = "LE07_140041_20001030_EVEREST"
 GAP_MASK = CATALOG_DIR / "scenes/landsat7_slc_off/derived/LS7_ETM_095_082_20100116_B30_nodata_mask.tif"
 GAP_WINDOW = Window(col_off=1750, row_off=150, width=800, height=655)
+
+
+class EverestDemoConfig(BaseModel):
+    """The Everest demo (``edgefill inpaint-demo``; the ``inpaint-scene`` flow without a scene, its
+    ``everest-demo`` deployment): the one declaration of its parameters and defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    model: str = Field("current", description="run dir or registry name")
+    out_dir: Path = Field(Path("demo_out/everest"), description="folder of the demo's files and summary.md")
+    device: str = Field("cpu", description="cpu | cuda")
 
 
 def real_gap_pattern(height: int = 655, width: int = 800, window: Window = GAP_WINDOW,
@@ -103,6 +114,14 @@ def write_summary_md(result: dict, path: Path) -> Path:
                                                       "stac_item", "fillnodata")]
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def demo_markdown(result: dict) -> str:
+    """Markdown for the demo's artifact: ``summary.md`` and the quicklook picture."""
+    from pipeline.pictures import picture_markdown
+
+    return (Path(result["summary_md"]).read_text() + "\n"
+            + picture_markdown(result["quicklook"], "quicklook: input | mask | output"))
 
 
 def run_everest_demo(model: str | Path = "current", out_dir: str | Path = "demo_out/everest",

@@ -1,7 +1,12 @@
-"""Training entry point - the same one on a laptop CPU, one GPU or several (torchrun / DDP).
+"""Training - the same code on a laptop CPU, one GPU or several (torchrun / DDP).
 
-    python -m models.train STORE.zarr --config tiny --max-steps 200 --out runs/tiny
-    torchrun --nproc-per-node=4 -m models.train STORE.zarr --config full --out runs/full
+    edgefill train STORE.zarr --config tiny --max-steps 200 --out runs/tiny
+    python -m models.train STORE.zarr --config tiny --max-steps 200 --out runs/tiny    # the same command
+    torchrun --standalone --nproc-per-node=4 -m models.train STORE.zarr --config full --out runs/full
+
+``python -m models.train`` is ``edgefill train`` (one parser, :mod:`flows.cli`), so torchrun can
+start it as each rank's module. :func:`run_training` is the stage's plain function over its one
+config (:class:`models.config.TrainRunConfig`); :func:`train` the loop.
 
 Under torchrun (``WORLD_SIZE`` > 1) each rank trains on its share of every batch list
 (:mod:`models.data`), gradients are averaged by DDP (NCCL on CUDA, gloo on CPU) and only rank 0
@@ -12,7 +17,6 @@ checkpoint is left in place.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -27,7 +31,7 @@ import torch.distributed as dist
 
 from models.checkpoint import (CheckpointError, load_checkpoint, read_run_config, save_best, save_checkpoint,
                                write_run_config)
-from models.config import ModelConfig
+from models.config import ModelConfig, TrainRunConfig, apply_overrides, build_config  # noqa: F401 (re-exported)
 from models.data import batch_iterator, collate, epoch_batches
 from models.evaluate import ModelFill, score_pairs, validation_scores
 from models.networks import edge_connect_forward
@@ -254,75 +258,28 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
     return summary
 
 
-def apply_overrides(cfg: ModelConfig, overrides: list[str]) -> ModelConfig:
-    """``["schedule.mape_threshold=0.5", "train.mode=edge"]`` -> a new validated config."""
-    data = cfg.model_dump(mode="json")
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if p not in node or not isinstance(node[p], dict):
-                raise ValueError(f"override {item!r}: no config section {p!r}")
-            node = node[p]
-        if parts[-1] not in node:
-            raise ValueError(f"override {item!r}: unknown key {parts[-1]!r}; known: {sorted(node)}")
-        node[parts[-1]] = value
-    return ModelConfig.model_validate(data)
+def run_training(cfg: TrainRunConfig) -> dict[str, Any]:
+    """The train stage over its one config (``edgefill train``, torchrun's ranks, the ``train-model``
+    flow): ``cfg.nproc`` > 1 launches that many ranks through torchrun (:func:`models.ddp.launch_training`,
+    the one place torchrun is started) and reads the run's summary back; otherwise trains in this
+    process (a torchrun rank is such a process). Returns ``asdict(TrainSummary)``."""
+    if cfg.nproc > 1:
+        from models.ddp import launch_training
 
-
-def build_config(preset: str | dict = "tiny", *, mode: str | None = None, max_steps: int | None = None,
-                 batch_size: int | None = None, crop_size: int | None = None, overrides: list[str] | None = None,
-                 config_file: Path | None = None) -> ModelConfig:
-    """A preset (or a ModelConfig JSON file / dict), then the train options, then ``overrides``."""
-    train_kw = {k: v for k, v in dict(mode=mode, max_steps=max_steps, batch_size=batch_size,
-                                      crop_size=crop_size).items() if v is not None}
-    if config_file is not None or isinstance(preset, dict):
-        data = preset if isinstance(preset, dict) else json.loads(Path(config_file).read_text())
-        data = data.get("model_config", data)  # a run's config.json works too
-        base = ModelConfig.model_validate(data)
-        cfg = base.model_copy(update={"train": base.train.model_copy(update=train_kw)})
-        cfg = ModelConfig.model_validate(cfg.model_dump())
-    else:
-        cfg = ModelConfig.preset(preset, **train_kw)
-    return apply_overrides(cfg, overrides or [])
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0])
-    p.add_argument("store", type=Path)
-    p.add_argument("--config", default="tiny", choices=["tiny", "full", "demo", "landsat-cpu"])
-    p.add_argument("--config-file", type=Path, help="a ModelConfig JSON (replaces --config's preset)")
-    p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--mode", choices=["edge", "inpaint", "joint"])
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--crop-size", type=int)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--init-from", help="run dir or registry name to fine-tune from")
-    p.add_argument("--device")
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cfg = build_config(a.config, mode=a.mode, max_steps=a.max_steps, batch_size=a.batch_size,
-                       crop_size=a.crop_size, overrides=a.overrides, config_file=a.config_file)
+        launch_training(cfg)
+        return json.loads((Path(cfg.out) / "metrics.json").read_text())["training"]
     try:
-        summary = train(a.store, a.out, cfg, resume=not a.no_resume, init_from=a.init_from, device=a.device,
-                        progress=not a.no_progress)
+        summary = train(cfg.store, cfg.out, cfg.resolve(), resume=cfg.resume, init_from=cfg.init_from,
+                        device=cfg.device, progress=cfg.progress)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: v for k, v in asdict(summary).items() if k != "samples"}, default=str))
-    return 0
+    return asdict(summary)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # torchrun -m models.train STORE --config full --out RUN_DIR: the CLI's train command
+    import sys
+
+    from flows.cli import main
+
+    raise SystemExit(main(["train", *sys.argv[1:]]))

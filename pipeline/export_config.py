@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.scenes import CATALOG_DIR
 
@@ -34,31 +34,37 @@ class ExportError(ValueError):
 
 
 class ExportConfig(BaseModel):
-    """Everything ``export_landsat`` needs. Units: pixels (size, stride), fractions in [0, 1]."""
+    """Everything ``export_landsat`` needs. Units: pixels (size, stride), fractions in [0, 1].
 
-    source: Literal["local", "earthengine"] = "local"
-    out: Path = Path("demo_out/landsat.zarr")
-    seed: int = 0
+    The one declaration of the export stage's parameters and defaults: ``edgefill export`` reads it
+    from ``--config FILE.yaml``, ``--set key=value`` and flags generated from these fields, the
+    ``export-landsat`` flow takes it as its ``config`` parameter."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["local", "earthengine"] = Field("local", description="local (bundled real scenes) or earthengine")
+    out: Path = Field(Path("demo_out/landsat.zarr"), description="store to create or resume (STORE.zarr)")
+    seed: int = Field(0, description="seeds the patch sampling")
     count: int | None = Field(None, description="target number of VALID patches; None = all (local) / 60000 (EE)")
     patch_size: int = 256
-    shard_patches: int = Field(16, ge=1, le=4096)
+    shard_patches: int = Field(64, ge=1, le=4096, description="patches per Zarr shard, per task and per resume "
+                               "unit (64 = one 8 x 8 Earth Engine block of ~48 MiB)")
     max_nodata: float = Field(0.01, ge=0.0, le=1.0, description="max fraction of missing pixels in a kept patch")
     # local source
     dataset: str | None = Field(None, description="data_catalog/datasets/<name>.json entry overriding scenes/splits")
     scenes: list[str] | None = None
     splits: dict[str, str] | None = Field(None, description="scene id or group -> train/validation/test "
                                           "(default: the scene's catalog role)")
-    stride: int = Field(256, ge=1)
-    include_holdout: bool = False
+    stride: int = Field(256, ge=1, description="local: px between patch starts")
+    include_holdout: bool = Field(False, description="local: also export holdout scenes (Everest) into test")
     # earth engine source
-    project: str | None = None
+    project: str | None = Field(None, description="Earth Engine Cloud project")
     key: Path | None = Field(None, description="service-account JSON key (else $EDGEFILL_EE_KEY / $GOOGLE_APPLICATION_CREDENTIALS)")
     api_url: str | None = Field(None, description="Earth Engine endpoint; None = the standard one")
-    high_volume: bool = False
-    product: Literal["toa", "sr"] = "toa"
+    high_volume: bool = Field(False, description="use the Earth Engine high-volume endpoint")
+    product: Literal["toa", "sr"] = Field("toa", description="toa (Collection 2 TOA) or sr (Collection 2 L2 SR)")
     aois: list[Path] | None = Field(None, description="GeoJSON AOI files (default: data_catalog/aois/*.geojson)")
-    start: str = "1999-06-01"
-    end: str = "2003-05-30"
+    start: str = Field("1999-06-01", description="date window start (YYYY-MM-DD)")
+    end: str = Field("2003-05-30", description="date window end, exclusive (SLC-on by default)")
     max_scene_cloud_cover: float = Field(30.0, ge=0.0, le=100.0, description="CLOUD_COVER (%) scene filter")
     max_cloud_fraction: float = Field(0.02, ge=0.0, le=1.0, description="QA_PIXEL cloud/shadow fraction allowed per patch")
     test_fraction: float = Field(1 / 6, ge=0.0, le=1.0, description="share of AOIs without a 'split' property sent to test")
@@ -152,13 +158,3 @@ class ExportConfig(BaseModel):
                 "max_cloud_fraction": self.max_cloud_fraction, "test_fraction": self.test_fraction,
                 "validation_fraction": self.validation_fraction, "block": list(self.block_shape)}
 
-
-def build_export_config(source: str = "local", out: str | Path = "demo_out/landsat.zarr", count: int | None = None,
-                        seed: int = 0, project: str | None = None, key: str | None = None,
-                        aois: list[str] | None = None, overrides: dict[str, Any] | None = None,
-                        **fields: Any) -> ExportConfig:
-    """Flat flow/CLI parameters -> :class:`ExportConfig`: ``fields`` left None keep the config's
-    defaults; ``overrides`` = any other config fields (applied last)."""
-    values = {"source": source, "out": out, "count": count, "seed": seed, "project": project, "key": key,
-              "aois": aois, **{k: v for k, v in fields.items() if v is not None}, **(overrides or {})}
-    return ExportConfig(**values)

@@ -1,6 +1,7 @@
 """prepare-dataset: edges (Dask over whole shards), the mask library and pairings, into the store.
 
-``prepare_store(store, config)`` adds to an exported store:
+The stage's one config is :class:`PrepareDatasetConfig` (store, seed, edge/mask/pairing settings,
+Dask); :func:`prepare_dataset` runs it. ``prepare_store(store, config)`` adds to an exported store:
 
 * ``edges`` (N, 1, P, P) uint8 (1 = edge), chunk = 1 patch, sharded exactly like ``images``,
   computed by :func:`pipeline.edges.edges_for_batch` (the function inference uses);
@@ -41,7 +42,7 @@ import cv2
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.edges import EdgeParams, edges_for_stored
 from pipeline.masks import MaskError
@@ -53,17 +54,48 @@ from pipeline.store import (Radiometry, StoreError, config_hash, dimension_names
 
 
 class DaskConfig(BaseModel):
-    scheduler: str | None = Field(None, description="address of an existing Dask scheduler (tcp://host:port)")
+    model_config = ConfigDict(extra="forbid")
+    scheduler: str | None = Field(None, description="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 "
+                                  "(default: a LocalCluster on this machine)")
     n_workers: int = Field(1, ge=1, description="LocalCluster workers (when no scheduler is given)")
-    threads_per_worker: int = Field(2, ge=1)
+    threads_per_worker: int = Field(2, ge=1, description="threads per LocalCluster worker")
     processes: bool = False
     connect_timeout_s: float = Field(20.0, gt=0, description="how long to wait for the scheduler")
 
 
 class PrepareConfig(BaseModel):
+    """What prepare writes into the store (hashed and recorded in ``attrs["prepare"]``)."""
+
     edges: EdgeParams = EdgeParams()
     masks: MaskLibraryConfig = MaskLibraryConfig()
     pairings: PairingConfig = PairingConfig()
+
+
+class PrepareDatasetConfig(BaseModel):
+    """One prepare run: the one declaration of the prepare stage's parameters and defaults
+    (``edgefill prepare``: ``--config FILE.yaml``, ``--set key=value`` and flags generated from these
+    fields; the ``prepare-dataset`` flow's ``config`` parameter). ``seed`` is THE seed of the mask
+    library and the pairings: it replaces ``masks.seed`` and ``pairings.seed``."""
+
+    model_config = ConfigDict(extra="forbid")
+    store: Path = Field(Path("demo_out/landsat.zarr"), description="exported store (STORE.zarr) to add edges, "
+                        "masks and pairings to")
+    seed: int = Field(0, description="seeds the mask library and the pairings")
+    edges: EdgeParams = EdgeParams()
+    masks: MaskLibraryConfig = MaskLibraryConfig()
+    pairings: PairingConfig = PairingConfig()
+    dask: DaskConfig = DaskConfig()
+
+    @model_validator(mode="after")
+    def _one_seed(self) -> "PrepareDatasetConfig":
+        if self.masks.seed != self.seed or self.pairings.seed != self.seed:
+            object.__setattr__(self, "masks", self.masks.model_copy(update={"seed": self.seed}))
+            object.__setattr__(self, "pairings", self.pairings.model_copy(update={"seed": self.seed}))
+        return self
+
+    def prepare_config(self) -> PrepareConfig:
+        """The part written into (and hashed in) the store."""
+        return PrepareConfig(edges=self.edges, masks=self.masks, pairings=self.pairings)
 
 
 class PrepareSummary(BaseModel):
@@ -81,14 +113,6 @@ class PrepareSummary(BaseModel):
     n_test_pairs: int
     seconds: float
     config_hash: str
-
-
-def build_prepare_config(seed: int = 0, overrides: dict | None = None) -> PrepareConfig:
-    """Flat flow/CLI parameters -> :class:`PrepareConfig` (``seed`` seeds masks and pairings;
-    ``overrides``: PrepareConfig fields as a dict, e.g. from ``--config cfg.json``)."""
-    cfg = PrepareConfig(**(overrides or {}))
-    return cfg.model_copy(update={"masks": cfg.masks.model_copy(update={"seed": seed}),
-                                  "pairings": cfg.pairings.model_copy(update={"seed": seed})})
 
 
 def summary_markdown(summary: PrepareSummary) -> str:
@@ -272,6 +296,12 @@ def prepare_store(store_path: str | Path, config: PrepareConfig = PrepareConfig(
     n_masks, rebuilt = ensure_mask_library(store_path, config.masks)
     counts = write_pairings(store_path, config.pairings)
     return record_prepare(store_path, config, edges, n_masks, rebuilt, counts, t0)
+
+
+def prepare_dataset(config: PrepareDatasetConfig = PrepareDatasetConfig(), client=None) -> PrepareSummary:
+    """The prepare stage over its one config (``edgefill prepare``): :func:`prepare_store` on
+    ``config.store``."""
+    return prepare_store(config.store, config.prepare_config(), config.dask, client)
 
 
 def record_prepare(store_path: str | Path, config: PrepareConfig, edges: dict, n_masks: int, rebuilt: bool,

@@ -56,11 +56,11 @@ class SceneMaskError(ValueError):
 class MaskSource(BaseModel):
     """Which pixels of a scene to fill. See the module docstring for each ``kind``."""
 
-    model_config = ConfigDict(frozen=True)
-    kind: MaskKind = "nodata"
-    path: Path | None = None
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: MaskKind = Field("nodata", description="nodata | raster | vector | qa | slc_off")
+    path: Path | None = Field(None, description="raster / vector / qa: the mask file")
     reproject: bool = Field(False, description="raster: warp onto the scene grid instead of requiring it")
-    qa_kind: QAKind = "c2_qa_pixel"
+    qa_kind: QAKind = Field("c2_qa_pixel", description="qa: c2_qa_pixel | c1_bqa | l8_pre_collection_bqa")
     dilate: int = Field(0, ge=0, le=256, description="grow the mask by this many pixels")
     slc_gap_radius: int = Field(8, ge=1, le=64, description="slc_off: closing radius, pixels (gaps < 2r wide)")
 
@@ -234,21 +234,25 @@ def _load_vector(path: Path, info: SceneInfo):
     return STRtree(np.asarray(geoms))
 
 
-def mask_source_from_options(mask: Path | None = None, mask_vector: Path | None = None, qa: Path | None = None,
-                             slc_off: bool = False, dilate: int = 0, qa_kind: str = "c2_qa_pixel",
-                             reproject: bool = False) -> MaskSource:
-    """The CLI's mutually exclusive mask options -> a :class:`MaskSource`."""
+def mask_shortcut(mask: Path | None = None, mask_vector: Path | None = None, qa: Path | None = None,
+                  slc_off: bool = False) -> dict | None:
+    """The CLI's mutually exclusive mask shortcuts (``--mask``, ``--mask-vector``, ``--qa``,
+    ``--slc-off``) -> the :class:`MaskSource` fields they set (``kind``, ``path``), None if none is
+    given. Every other field (dilate, qa_kind, reproject, ...) keeps MaskSource's own default."""
     chosen = [name for name, v in (("--mask", mask), ("--mask-vector", mask_vector), ("--qa", qa),
                                    ("--slc-off", slc_off)) if v]
     if len(chosen) > 1:
         raise SceneMaskError(f"choose one mask source, got {chosen}")
-    if mask is not None:
-        return MaskSource(kind="raster", path=mask, dilate=dilate, reproject=reproject)
-    if mask_vector is not None:
-        return MaskSource(kind="vector", path=mask_vector, dilate=dilate)
-    if qa is not None:
-        return MaskSource(kind="qa", path=qa, dilate=dilate, qa_kind=qa_kind)
-    return MaskSource(kind="slc_off" if slc_off else "nodata", dilate=dilate)
+    for kind, path in (("raster", mask), ("vector", mask_vector), ("qa", qa)):
+        if path is not None:
+            return {"kind": kind, "path": Path(path)}
+    return {"kind": "slc_off"} if slc_off else None
+
+
+def mask_source_from_options(mask: Path | None = None, mask_vector: Path | None = None, qa: Path | None = None,
+                             slc_off: bool = False, **fields) -> MaskSource:
+    """:func:`mask_shortcut` + any other :class:`MaskSource` ``fields`` -> a MaskSource."""
+    return MaskSource(**{**fields, **(mask_shortcut(mask, mask_vector, qa, slc_off) or {})})
 
 
 def whole_scene_masks(info: SceneInfo, source: MaskSource = MaskSource()) -> WindowMasks:
@@ -259,5 +263,5 @@ def whole_scene_masks(info: SceneInfo, source: MaskSource = MaskSource()) -> Win
         return masker.read(src, Window(0, 0, info.width, info.height))
 
 
-__all__ = ["MaskSource", "SceneMasker", "SceneMaskError", "WindowMasks", "mask_source_from_options",
+__all__ = ["MaskSource", "SceneMasker", "SceneMaskError", "WindowMasks", "mask_shortcut", "mask_source_from_options",
            "whole_scene_masks", "RasterInputError"]

@@ -22,14 +22,19 @@ cleanup() {
   true
 }
 trap cleanup EXIT
-python -m flows.serve > demo_out/serve.log 2>&1 &
+edgefill serve > demo_out/serve.log 2>&1 &
 serve_pid=$!
-python -m flows.wait_for_deployments export-landsat/default prepare-dataset/default train-model/default inpaint-scene/everest-demo
+edgefill wait-for-deployments export-landsat/default prepare-dataset/default train-model/default inpaint-scene/everest-demo
 
 run() { echo; echo "==> prefect deployment run $*"; prefect deployment run "$@" --watch; }
+# each flow takes its stage's config as one parameter; the deployments run its defaults (the demo's)
+train_params=()
+if [ -n "${EDGEFILL_DEMO_TRAIN_STEPS:-}" ]; then
+  train_params=(-p "config={\"max_steps\": $EDGEFILL_DEMO_TRAIN_STEPS}")
+fi
 run export-landsat/default
 run prepare-dataset/default
-run train-model/default ${EDGEFILL_DEMO_TRAIN_STEPS:+-p max_steps=$EDGEFILL_DEMO_TRAIN_STEPS}
+run train-model/default "${train_params[@]}"
 run inpaint-scene/everest-demo
 echo
 cat demo_out/everest/summary.md

@@ -134,7 +134,7 @@ def test_existing_non_store_output_is_refused(tmp_path):
 def test_cli_export_local_and_bad_count(tmp_path):
     from typer.testing import CliRunner
 
-    from edgefill_cli import app
+    from flows.cli import app
 
     out = tmp_path / "cli.zarr"
     ok = CliRunner().invoke(app, ["export", "--source", "local", "--out", str(out), "--count", "12",

@@ -1,6 +1,7 @@
 """One real deployment run: local Prefect server (scripts/prefect_server.sh, SQLite, 127.0.0.1),
 ``python -m flows.serve`` in a subprocess, ``prefect deployment run export-landsat/default --watch``
-with the output path overridden to tmp; plus the flow in-process under prefect_test_harness."""
+with the output path overridden to tmp (``-p config=...``); plus the flow in-process under
+prefect_test_harness."""
 from __future__ import annotations
 
 import asyncio
@@ -50,12 +51,13 @@ def test_deployment_run_through_local_prefect_server(prefect_server, tmp_path):
         serve = subprocess.Popen([PY, "-m", "flows.serve", "flows.export"], cwd=tmp_path, env=env,
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        waited = subprocess.run([PY, "-m", "flows.wait_for_deployments", "export-landsat/default", "--timeout", "120"],
+        waited = subprocess.run([PY, "-m", "flows.cli", "wait-for-deployments", "export-landsat/default",
+                                 "--timeout", "120"],
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
         assert waited.returncode == 0, waited.stderr + serve_log.read_text()[-2000:]
         out = tmp_path / "deployed.zarr"
         run = subprocess.run([PY, "-m", "prefect", "deployment", "run", "export-landsat/default",
-                              "-p", f"out={out}", "-p", "shard_patches=8", "--watch"],
+                              "-p", f'config={{"out": "{out}", "shard_patches": 8}}', "--watch"],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:] + serve_log.read_text()[-2000:]
         assert "Completed" in run.stdout + run.stderr
@@ -83,8 +85,9 @@ async def _artifacts(url: str):
 def test_flow_in_process_tasks_per_shard(prefect_harness, tmp_path):
     """The flow called in-process (session test server): one retried task run per shard."""
     from flows.export import export_landsat_flow
+    from pipeline.export_config import ExportConfig
 
-    state = export_landsat_flow(out=str(tmp_path / "f.zarr"), shard_patches=16, return_state=True)
+    state = export_landsat_flow(ExportConfig(out=tmp_path / "f.zarr", shard_patches=16), return_state=True)
     result = state.result()
     runs = asyncio.run(_task_runs(state.state_details.flow_run_id))
     n_shards = result["shards_total"]
@@ -104,9 +107,11 @@ async def _task_runs(flow_run_id):
 
 def test_serve_collects_existing_modules_and_warns_on_missing():
     from flows.serve import collect_deployments
+    from pipeline.export_config import ExportConfig
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         deps = collect_deployments(("flows.export", "flows.not_built_yet"))
-    assert [d.name for d in deps] == ["default"] and deps[0].parameters["out"] == "./demo_out/landsat.zarr"
+    assert [d.name for d in deps] == ["default"]
+    assert ExportConfig.model_validate(deps[0].parameters.get("config", {})).out == Path("./demo_out/landsat.zarr")
     assert any("flows.not_built_yet" in str(w.message) for w in caught)

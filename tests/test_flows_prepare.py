@@ -15,7 +15,7 @@ import pytest
 from prepare_helpers import small_prepare_config
 
 from pipeline.edges import edges_for_batch
-from pipeline.prepare import DaskConfig
+from pipeline.prepare import DaskConfig, PrepareDatasetConfig
 from pipeline.store import Radiometry, open_store
 
 pytestmark = pytest.mark.slow  # a Prefect test server and Dask clusters (own processes)
@@ -44,13 +44,17 @@ async def _subflow_runs(parent_id):
 def _run_flow(store: Path, scheduler: str | None = None) -> tuple[dict, list]:
     from flows.prepare import prepare_dataset_flow
 
-    state = prepare_dataset_flow(store=str(store), scheduler=scheduler, seed=0,
-                                 config=small_prepare_config().model_dump(), return_state=True)
+    state = prepare_dataset_flow(_config(store, scheduler), return_state=True)
     result = state.result()
     parent = state.state_details.flow_run_id
     subflows = asyncio.run(_subflow_runs(parent))
     runs = asyncio.run(_task_runs([parent, *(f.id for f in subflows)]))
     return result, [r for r in runs if r.name.startswith("edges-shard-")]
+
+
+def _config(store: Path, scheduler: str | None = None, **dask) -> PrepareDatasetConfig:
+    return PrepareDatasetConfig(store=store, seed=0, dask=DaskConfig(scheduler=scheduler, **dask),
+                                **small_prepare_config().model_dump())
 
 
 def _assert_edges(store: Path) -> None:
@@ -124,8 +128,7 @@ def test_flow_on_an_existing_scheduler_by_address(prefect_harness, dask_schedule
 def test_unreachable_scheduler_fails_the_flow_clearly(prefect_harness, real_store):
     from flows.prepare import prepare_dataset_flow
 
-    state = prepare_dataset_flow(store=str(real_store), scheduler="tcp://127.0.0.1:1",
-                                 config=small_prepare_config().model_dump(), return_state=True)
+    state = prepare_dataset_flow(_config(real_store, "tcp://127.0.0.1:1"), return_state=True)
     assert state.is_failed()
     with pytest.raises(OSError, match="127.0.0.1:1"):
         state.result()

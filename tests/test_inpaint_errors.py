@@ -127,7 +127,7 @@ def test_bad_band_setup(tmp_path, tiny_run, case, cfg, match):
     ("not_a_raster", [], "cannot open"),
 ])
 def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, tiny_run, case, args, match):
-    import edgefill_cli
+    from flows import cli
     from typer.testing import CliRunner
 
     (tmp_path / "in").mkdir()
@@ -142,7 +142,7 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, tiny_run, case, ar
     else:
         shutil.copy(EVEREST_TIF, src)
     before = Untouched(src)
-    res = CliRunner().invoke(edgefill_cli.app, ["inpaint", str(src), str(tmp_path / "out" / "r.tif"),
+    res = CliRunner().invoke(cli.app, ["inpaint", str(src), str(tmp_path / "out" / "r.tif"),
                                                 "--model", str(tiny_run), *args])
     assert res.exit_code == 2, res.output
     lines = res.stderr.strip().splitlines()

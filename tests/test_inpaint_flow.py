@@ -17,14 +17,16 @@ from inpaint_support import SLC_A, SLC_B, real_gap_mask, stack_scene, tiny_run  
 @pytest.mark.slow
 def test_flows_fan_out_one_run_per_scene(tmp_path, tiny_run, prefect_harness):
     from flows.inpaint import deployments, inpaint_scene_flow, inpaint_scenes_flow
+    from models.inpaint_scene import InpaintSceneConfig, InpaintScenesConfig
+    from pipeline.scene_masks import MaskSource
 
     a = stack_scene(SLC_A, tmp_path / "a.tif", window=Window(0, 0, 300, 260))
     b = stack_scene(SLC_B, tmp_path / "b.tif", window=Window(323, 0, 300, 300))
-    single = inpaint_scene_flow(input=str(a), output=str(tmp_path / "single" / "a.tif"), model=str(tiny_run),
-                                mask_kind="nodata", dilate=1)
+    single = inpaint_scene_flow(InpaintSceneConfig(input=a, output=tmp_path / "single" / "a.tif", model=str(tiny_run),
+                                                   mask=MaskSource(kind="nodata", dilate=1)))
     assert Path(single["output"]).is_file() and single["filled_pixels"] > 0
-    results = inpaint_scenes_flow(inputs=[str(a), str(b)], output_dir=str(tmp_path / "many"), model=str(tiny_run),
-                                  mask_kind="slc_off")
+    results = inpaint_scenes_flow(InpaintScenesConfig(inputs=[a, b], output_dir=tmp_path / "many", model=str(tiny_run),
+                                                      mask=MaskSource(kind="slc_off")))
     assert [Path(r["output"]).name for r in results] == ["a_inpainted.tif", "b_inpainted.tif"]
     for r in results:
         assert Path(r["stac_item"]).is_file() and Path(r["filled_mask"]).is_file()
@@ -47,8 +49,9 @@ def test_flows_fan_out_one_run_per_scene(tmp_path, tiny_run, prefect_harness):
 @pytest.mark.slow
 def test_flow_without_input_runs_the_everest_demo(tmp_path, tiny_run, prefect_harness):
     from flows.inpaint import inpaint_scene_flow
+    from models.scene_demo import EverestDemoConfig
 
-    result = inpaint_scene_flow(model=str(tiny_run), demo_out_dir=str(tmp_path / "everest"))
+    result = inpaint_scene_flow(demo=EverestDemoConfig(model=str(tiny_run), out_dir=tmp_path / "everest"))
     assert result["scene"] == "LE07_140041_20001030_EVEREST" and result["model_name"] == "tiny-untrained"
     summary = (tmp_path / "everest" / "summary.md").read_text()
     assert "GDAL FillNodata" in summary and f"{result['metrics']['gdal_fillnodata']['psnr']:.2f}" in summary
@@ -57,12 +60,12 @@ def test_flow_without_input_runs_the_everest_demo(tmp_path, tiny_run, prefect_ha
 
 
 def test_cli_inpaint_and_clear_errors(tmp_path, tiny_run):
-    import edgefill_cli
+    from flows import cli
 
     src = stack_scene(SLC_A, tmp_path / "scene.tif", window=Window(100, 100, 260, 250))
     runner = CliRunner()
     out = tmp_path / "cli" / "scene_filled.tif"
-    res = runner.invoke(edgefill_cli.app, ["inpaint", str(src), str(out), "--model", str(tiny_run),
+    res = runner.invoke(cli.app, ["inpaint", str(src), str(out), "--model", str(tiny_run),
                                            "--bands", "1,2,3", "--dilate", "1"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
@@ -70,9 +73,9 @@ def test_cli_inpaint_and_clear_errors(tmp_path, tiny_run):
     with rasterio.open(out) as o, rasterio.open(src) as i:
         keep = rasterio.open(summary["filled_mask"]).read(1) == 0
         np.testing.assert_array_equal(o.read()[:, keep], i.read()[:, keep])
-    res = runner.invoke(edgefill_cli.app, ["inpaint", str(src), str(src), "--model", str(tiny_run)])
+    res = runner.invoke(cli.app, ["inpaint", str(src), str(src), "--model", str(tiny_run)])
     assert res.exit_code == 2 and "refusing to overwrite the input" in res.output
-    res = runner.invoke(edgefill_cli.app, ["inpaint", str(src), str(tmp_path / "x.tif"), "--model", str(tiny_run),
+    res = runner.invoke(cli.app, ["inpaint", str(src), str(tmp_path / "x.tif"), "--model", str(tiny_run),
                                            "--slc-off", "--qa", str(src)])
     assert res.exit_code == 2 and "choose one mask source" in res.output
     assert not (tmp_path / "x.tif").exists()

@@ -174,13 +174,13 @@ def test_nir_band_tagged_alpha_by_gdal_default_is_data(tmp_path, tiny_bundle):
 def test_six_band_scene_through_the_cli_with_bands_321(tmp_path, tiny_run):
     """The whole 6-band ETM+ file, true colour chosen with --bands 3,2,1: six bands out, in file
     order; the summary on stdout says which bands the model filled and how the others were."""
-    import edgefill_cli
+    from flows import cli
 
     src = tmp_path / "in" / "L7_ETMs.tif"
     data, hole, nir_hole = _olinda_with_gaps(src, [1, 2, 3, 4, 5, 6])
     before = Untouched(src)
     out = tmp_path / "out" / "etm.tif"
-    res = CliRunner().invoke(edgefill_cli.app, ["inpaint", str(src), str(out), "--model", str(tiny_run),
+    res = CliRunner().invoke(cli.app, ["inpaint", str(src), str(out), "--model", str(tiny_run),
                                                 "--bands", "3,2,1"])
     assert res.exit_code == 0, res.output
     before.check()
@@ -198,7 +198,7 @@ def test_six_band_scene_through_the_cli_with_bands_321(tmp_path, tiny_run):
 # --- 3. zeros with no nodata tag -------------------------------------------------------------------
 
 def test_zero_fill_without_nodata_tag_is_reported_and_can_be_turned_off(tmp_path, tiny_run):
-    import edgefill_cli
+    from flows import cli
 
     (tmp_path / "in").mkdir()
     src = stack_scene(SLC_A, tmp_path / "in" / "scene.tif",
@@ -207,7 +207,7 @@ def test_zero_fill_without_nodata_tag_is_reported_and_can_be_turned_off(tmp_path
     data, before = _read(src), Untouched(src)
     runner = CliRunner()
     out = tmp_path / "out" / "zeros.tif"
-    res = runner.invoke(edgefill_cli.app, ["inpaint", str(src), str(out), "--model", str(tiny_run)])
+    res = runner.invoke(cli.app, ["inpaint", str(src), str(out), "--model", str(tiny_run)])
     assert res.exit_code == 0, res.output
     note = [line for line in res.stderr.splitlines() if line.startswith("note:")]
     assert len(note) == 1 and "no nodata value" in note[0] and "Landsat fill-is-0 convention" in note[0]
@@ -224,7 +224,7 @@ def test_zero_fill_without_nodata_tag_is_reported_and_can_be_turned_off(tmp_path
     assert (result[:, gaps] != 0).all()  # a filled pixel never reads back as fill
 
     off = tmp_path / "off" / "zeros.tif"
-    res = runner.invoke(edgefill_cli.app, ["inpaint", str(src), str(off), "--model", str(tiny_run),
+    res = runner.invoke(cli.app, ["inpaint", str(src), str(off), "--model", str(tiny_run),
                                            "--no-zero-is-nodata"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)

@@ -163,9 +163,10 @@ def demo_run(tmp_path_factory):
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
             runs = [["export-landsat/default"], ["prepare-dataset/default"],
-                    ["train-model/default", "-p", "max_steps=3", "-p", 'overrides=["train.log_every=1"]'],
+                    ["train-model/default", "-p", 'config={"max_steps": 3, "overrides": ["train.log_every=1"]}'],
                     ["inpaint-scene/everest-demo"]]
-            waited = subprocess.run([PY, "-m", "flows.wait_for_deployments", *(r[0] for r in runs), "--timeout", "180"],
+            waited = subprocess.run([PY, "-m", "flows.cli", "wait-for-deployments", *(r[0] for r in runs),
+                                     "--timeout", "180"],
                                     cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
             assert waited.returncode == 0, waited.stderr + log.read_text()[-3000:]
             for args in runs:

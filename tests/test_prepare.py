@@ -1,5 +1,6 @@
 """prepare-dataset on REAL patches: edges, masks, pairings, idempotence, flow, CLI, bad input."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,18 +135,20 @@ def test_unreachable_scheduler_is_a_clear_error(real_store):
 @pytest.mark.slow
 def test_flow_and_deployment(prefect_harness, real_store):
     from flows.prepare import deployments, prepare_dataset_flow
+    from pipeline.prepare import PrepareDatasetConfig
 
-    out = prepare_dataset_flow(store=str(real_store), seed=0, config=small_prepare_config().model_dump())
+    out = prepare_dataset_flow(PrepareDatasetConfig(store=real_store, seed=0, **small_prepare_config().model_dump()))
     assert out["store"] == str(real_store) and out["shards_computed"] == out["shards_total"]
     assert out["n_test_pairs"] > 0 and out["masks_rebuilt"]
     json.dumps(out)  # a small summary, never arrays
     assert "pairings" in open_store(real_store)
     (dep,) = deployments()
-    assert dep.name == "default" and dep.parameters["store"] == "./demo_out/landsat.zarr"
+    assert dep.name == "default"
+    assert PrepareDatasetConfig.model_validate(dep.parameters.get("config", {})).store == Path("./demo_out/landsat.zarr")
 
 
 def test_cli_prepare(real_store, tmp_path):
-    from edgefill_cli import app
+    from flows.cli import app
 
     cfg = tmp_path / "cfg.json"
     cfg.write_text(small_prepare_config().model_dump_json())

@@ -63,7 +63,7 @@ def test_shipped_model_beats_the_mean_colour_fill_on_real_test_patches(prepared_
 def test_inpaint_with_no_model_option_uses_the_shipped_model(fresh_user):
     from typer.testing import CliRunner
 
-    from edgefill_cli import app
+    from flows.cli import app
     from pipeline.scenes import read_scene
 
     scene = read_scene("LE07_OLINDA_STARS")

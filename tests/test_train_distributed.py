@@ -122,3 +122,18 @@ def test_two_process_gloo_run_resumes_mid_epoch_after_sigkill(prepared_store, tm
     launch_torchrun(prepared_store, run, 2, [*ARGS, "--max-steps", str(steps)], threads_per_proc=1, timeout=240)
     _assert_same_losses(run, ref, at_kill + 1, steps)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["stage_switch_step"] == ckpt["stage_switch_step"] == 3
+
+
+def test_cli_nproc_launches_torchrun_from_the_run_config(prepared_store, tmp_path):
+    """``edgefill train --nproc 2`` (models.ddp.launch_training): the ranks read RUN_DIR/train_config.json."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    run = tmp_path / "cli-ddp"
+    res = CliRunner().invoke(app, ["train", str(prepared_store), "--out", str(run), "--nproc", "2", "--max-steps", "2",
+                                   *ARGS])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["world_size"] == 2 and json.loads(res.stdout)["steps"] == 2
+    assert json.loads((run / "train_config.json").read_text())["nproc"] == 1
+    assert load_inference_bundle(run).model_config.train.batch_size == 2

@@ -16,19 +16,20 @@ FAST = ["train.batch_size=2", "train.crop_size=64", "schedule.mape_patches=2"]
 def test_train_then_retrain_promotes_only_if_better(prefect_harness, prepared_store, tmp_path, monkeypatch):
     import models.registry as reg
     from flows.train import retrain_model_flow, train_model_flow
+    from models.config import RetrainConfig, TrainRunConfig
 
     monkeypatch.setenv("EDGEFILL_REGISTRY", str(tmp_path / "registry"))
     monkeypatch.setattr(reg, "SHIPPED_DIR", tmp_path / "no-shipped-model")  # a user's first model
     run_dir = tmp_path / "runs" / "first"
-    out = train_model_flow(store=str(prepared_store), run_dir=str(run_dir), config="tiny", mode="joint",
-                           max_steps=4, overrides=FAST, pairs_per_bin=1)
+    out = train_model_flow(TrainRunConfig(store=prepared_store, out=run_dir, model="tiny", mode="joint",
+                                          max_steps=4, overrides=FAST), pairs_per_bin=1)
     assert out["promoted"] and current_model() == out["model"] == "tiny-v1"
     assert out["metrics"]["split"] == "validation" and out["metrics"]["test"]["split"] == "test"  # test: reported only
     assert (run_dir / "eval" / "validation" / "evaluation.md").exists() and (run_dir / "eval" / "test" / "evaluation.md").exists()
     assert json.loads((run_dir / "metrics.json").read_text())["evaluation"]["hole_psnr"] == out["metrics"]["hole_psnr"]
 
-    res = retrain_model_flow(store=str(prepared_store), out_root=str(tmp_path / "runs"), max_steps=2,
-                             overrides=FAST, pairs_per_bin=1)
+    res = retrain_model_flow(RetrainConfig(store=prepared_store, out_root=tmp_path / "runs", max_steps=2,
+                                           overrides=FAST, pairs_per_bin=1))
     cand, cur = res["candidate_metrics"]["hole_psnr"], res["current_metrics"]["hole_psnr"]
     assert res["base"] == "tiny-v1" and res["candidate"] == "tiny-v2"
     assert res["promoted"] == (cand > cur)
@@ -47,10 +48,11 @@ def test_train_then_retrain_promotes_only_if_better(prefect_harness, prepared_st
 
 def test_deployments_declare_default_and_nightly_cron():
     from flows.train import NIGHTLY_CRON, deployments
+    from models.config import TrainRunConfig
 
     deps = {d.name: d for d in deployments()}
     assert set(deps) == {"default", "nightly"}
-    assert deps["default"].parameters["config"] == "demo"
+    assert TrainRunConfig.model_validate(deps["default"].parameters.get("config", {})).model == "demo"
     schedules = deps["nightly"].schedules
     assert schedules and schedules[0].schedule.cron == NIGHTLY_CRON
 
@@ -58,7 +60,7 @@ def test_deployments_declare_default_and_nightly_cron():
 def test_cli_train_and_evaluate_bad_input_exit_cleanly(real_store, tmp_path):
     from typer.testing import CliRunner
 
-    from edgefill_cli import app
+    from flows.cli import app
 
     r = CliRunner().invoke(app, ["train", str(real_store), "--config", "tiny", "--max-steps", "1", "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "not prepared for training" in r.output

@@ -130,6 +130,12 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any], *, step: int, keep: 
     return step_path
 
 
+def inference_weights(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The G1/G2 state dicts to infer with: the weight averages (``ema``) when the run kept them,
+    else the trained weights; D1/D2 as trained."""
+    return {**ckpt["models"], **(ckpt.get("ema") or {})}
+
+
 def save_best(run_dir: Path, payload: dict[str, Any], *, step: int) -> Path:
     """``checkpoints/best.pt``: the weights (no optimiser state) of the best validation step so far."""
     slim = {k: v for k, v in payload.items() if k not in ("optimizers", "rng", "rng_per_rank")}
@@ -194,8 +200,9 @@ def load_inference_bundle(run_dir: str | Path, device: str | torch.device = "cpu
     cfg = run_model_config(meta)
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", architecture_hash=cfg.architecture_hash())
     g1, g2 = EdgeGenerator(cfg), InpaintGenerator(cfg)
-    load_state(g1, ckpt["models"].get("g1"), "G1 (edge generator)")
-    load_state(g2, ckpt["models"].get("g2"), "G2 (inpainting generator)")
+    weights = inference_weights(ckpt)
+    load_state(g1, weights.get("g1"), "G1 (edge generator)")
+    load_state(g2, weights.get("g2"), "G2 (inpainting generator)")
     try:
         radiometry = Radiometry(**meta["radiometry"])
         edge_params = EdgeParams(**meta["edge_params"])

@@ -86,6 +86,8 @@ class TrainConfig(BaseModel):
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="learning-rate decay over max_steps")
     lr_min_factor: float = Field(0.1, gt=0, le=1, description="cosine: final lr = lr x this factor")
     checkpoint_every: int = Field(1000, ge=1)
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0, description="exponential moving average of G1/G2 weights per step "
+                             "(0 = off); validation, samples and best.pt use the averaged weights")
     keep_best: bool = Field(True, description="keep checkpoints/best.pt: the step with the best validation hole PSNR "
                             "(measured every schedule.mape_every steps)")
     log_every: int = Field(50, ge=1)
@@ -184,7 +186,8 @@ class ModelConfig(BaseModel):
         blocks, 8 x 128 px crops per step."""
         train = {"mode": "joint", "max_steps": 20_000, "batch_size": 8, "crop_size": 128, "lr_g": 2e-4, "lr_d": 2e-5,
                  "betas": (0.5, 0.999), "lr_schedule": "cosine", "lr_min_factor": 0.1, "checkpoint_every": 250,
-                 "log_every": 25, "sample_every": 1000, "amp_bf16": False, "channels_last": False, **train}
+                 "log_every": 25, "sample_every": 1000, "amp_bf16": False, "channels_last": False, "ema_decay": 0.999,
+                 **train}
         losses = LossConfig(inpaint_adv_weight=0.0, inpaint_l1_scaled=True, perceptual_weight=0.0, style_weight=0.0)
         return cls(name="landsat-cpu", base_channels=32, residual_blocks=4, disc_channels=32,
                    g2_residual_fill=True, g2_normalise=True, losses=losses,

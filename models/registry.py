@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import (CheckpointError, InferenceBundle, atomic_torch_save, load_checkpoint,
+from models.checkpoint import (CheckpointError, InferenceBundle, atomic_torch_save, inference_weights, load_checkpoint,
                                load_inference_bundle, read_run_config, run_model_config)
 from pipeline.atomic_io import atomic_dir, atomic_write_json
 
@@ -145,7 +145,8 @@ def register_model(run_dir: str | Path, *, metrics: dict[str, Any] | None = None
         metrics_path = run_dir / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     with atomic_dir(root / name) as staging:
-        slim = {k: ckpt[k] for k in ("format", "architecture_hash", "step", "epoch", "stage", "models") if k in ckpt}
+        slim = {k: ckpt[k] for k in ("format", "architecture_hash", "step", "epoch", "stage") if k in ckpt}
+        slim["models"] = inference_weights(ckpt)  # what inference uses (averaged G1/G2 if the run kept them)
         atomic_torch_save(slim, staging / "checkpoints" / "last.pt")
         meta["name"] = name
         atomic_write_json(staging / "config.json", meta)

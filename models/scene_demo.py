@@ -158,3 +158,39 @@ def run_everest_demo(model: str | Path = "current", out_dir: str | Path = "demo_
         for key in ("gapped", "inpainted", "filled_mask", "quicklook", "stac_item", "fillnodata"):
             print(f"  {key:<12} {result[key]}")
     return result
+
+
+def _stretch(rgb: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(3, h, w) values -> (h, w, 3) uint8 with per-band limits ``lo``/``hi`` (shared by all panels)."""
+    out = (rgb.astype(np.float32) - lo[:, None, None]) / np.maximum(hi - lo, 1e-6)[:, None, None]
+    return (np.clip(out, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def write_readme_pictures(result: dict, out_dir: str | Path, zoom: tuple[int, int, int] | None = None) -> dict[str, Path]:
+    """The README's pictures of a finished demo (``result`` of :func:`run_everest_demo`):
+    ``everest_demo.png`` (gapped input | holes | edgefill output, whole scene, half size) and
+    ``everest_zoom.png`` (input | edgefill | GDAL FillNodata | truth on a ``zoom`` = (row, col, size)
+    window, 3x nearest-neighbour). One 2-98 % stretch of the truth for every panel."""
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    with rasterio.open(result["gapped"]) as g, rasterio.open(result["inpainted"]) as m, \
+            rasterio.open(result["fillnodata"]) as f:
+        gapped, model, gdal = g.read(), m.read(), f.read()
+        hole = g.dataset_mask() == 0
+    truth = read_scene(EVEREST_ID).rgb
+    lo = np.percentile(truth.reshape(3, -1), 2, axis=1)
+    hi = np.percentile(truth.reshape(3, -1), 98, axis=1)
+    gap_rgb = np.where(hole[None], 0, gapped)
+    sep = lambda h: np.full((h, 6, 3), 255, np.uint8)  # noqa: E731
+    holes = np.repeat((hole * 255).astype(np.uint8)[..., None], 3, axis=2)
+    overview = np.concatenate([_stretch(gap_rgb, lo, hi), sep(hole.shape[0]), holes, sep(hole.shape[0]),
+                               _stretch(model, lo, hi)], axis=1)
+    paths = {"overview": out_dir / "everest_demo.png", "zoom": out_dir / "everest_zoom.png"}
+    img = Image.fromarray(overview)
+    img.resize((img.width // 2, img.height // 2), Image.LANCZOS).save(paths["overview"], optimize=True)
+    r, c, n = zoom or (200, 300, 140)
+    crops = [_stretch(a[:, r:r + n, c:c + n], lo, hi) for a in (gap_rgb, model, gdal, truth)]
+    panel = np.concatenate([x for crop in crops for x in (crop, sep(n))][:-1], axis=1)
+    Image.fromarray(panel).resize((panel.shape[1] * 3, n * 3), Image.NEAREST).save(paths["zoom"], optimize=True)
+    return paths

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, load_checkpoint, read_run_config,
-                               run_model_config)
+from models.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, inference_weights, load_checkpoint,
+                               read_run_config, run_model_config)
 from models.evaluate import IMAGE_METRICS, by_bin, markdown_table, summarise
 from models.registry import SHIPPED_DIR
 from pipeline.atomic_io import atomic_write_json, atomic_write_text
@@ -35,7 +35,7 @@ def slim_weights(ckpt: dict[str, Any], half: bool) -> dict[str, Any]:
 
     return {"format": CHECKPOINT_FORMAT, "architecture_hash": ckpt["architecture_hash"], "step": int(ckpt["step"]),
             "epoch": int(ckpt.get("epoch", 0)), "stage": int(ckpt.get("stage", 1)),
-            "models": {k: conv(ckpt["models"][k]) for k in ("g1", "g2")}}
+            "models": {k: conv(inference_weights(ckpt)[k]) for k in ("g1", "g2")}}
 
 
 def ship_model(run_dir: str | Path, name: str, *, checkpoint: str = "best.pt", half: bool = True,

@@ -106,10 +106,11 @@ def validation_subset(ds: EvalPairs, n: int) -> list[int]:
 
 
 def validation_metrics(trainer: Trainer, ds: EvalPairs, keep: list[int], patch_size: int) -> dict[str, float]:
-    """The networks' scores on validation rows ``keep`` through the deployment path
-    (:class:`models.evaluate.ModelFill`): hole PSNR / L1 / SSIM and the tolerant edge MAPE."""
-    fill = ModelFill(trainer.nets["g1"], trainer.nets["g2"], ds.radiometry, ds.edge_params, patch_size,
-                     device=str(trainer.device))
+    """The generators' scores (their averaged weights when ``ema_decay`` > 0) on validation rows
+    ``keep`` through the deployment path (:class:`models.evaluate.ModelFill`): hole PSNR / L1 /
+    SSIM and the tolerant edge MAPE."""
+    g1, g2 = trainer.averaged_generators()
+    fill = ModelFill(g1, g2, ds.radiometry, ds.edge_params, patch_size, device=str(trainer.device))
     return validation_scores(score_pairs(ds, keep, fill, ("model",)))
 
 
@@ -187,7 +188,8 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
         b = collate(sample_items)
         with torch.no_grad():
             image, known, mask = (b[k].to(dev) for k in ("image", "known_edges", "mask"))
-            out, gen = edge_connect_forward(trainer.nets["g1"].eval(), trainer.nets["g2"].eval(), image, known, mask)
+            g1, g2 = trainer.averaged_generators()
+            out, gen = edge_connect_forward(g1.eval(), g2.eval(), image, known, mask)
         samples.append(str(save_sample_grid(run_dir / "samples" / f"step-{st.step}.png", image, b["edges"].to(dev),
                                             mask, gen, out)))
 
@@ -216,7 +218,9 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
                         trainer.maybe_switch_stage(validation.get("edge_mape"))
                     if rank == 0 and t.keep_best and validation["hole_psnr"] > (st.best_value or float("-inf")):
                         st.best_step, st.best_value = st.step, validation["hole_psnr"]
-                        save_best(run_dir, trainer.checkpoint_payload(), step=st.step)
+                        payload = trainer.checkpoint_payload()
+                        payload["models"] = {**payload["models"], **payload.get("ema", {})}  # the averaged G1/G2
+                        save_best(run_dir, payload, step=st.step)
                 if runlog is not None and st.step % t.log_every == 0:
                     logged = {**last_losses, **{f"val_{k}": v for k, v in validation.items()}}
                     runlog.log(st.step, logged, stage=st.stage, epoch=st.epoch)

@@ -86,6 +86,9 @@ class Trainer:
             self.vgg.load_torchvision_weights(weights)
             self.vgg.to(device)
         self.state = TrainState()
+        self.ema: dict[str, dict[str, torch.Tensor]] = {}
+        # names of learnable tensors (averaged); other state (spectral-norm vectors, ...) is copied
+        self._ema_params = {k: {n for n, _ in unwrap(nets[k]).named_parameters()} for k in ("g1", "g2")}
 
     # ------------------------------------------------------------------ helpers
     def _check(self, name: str, value: torch.Tensor) -> None:
@@ -210,7 +213,41 @@ class Trainer:
             edges_in = edges if mode == "inpaint" else known * (1 - mask) + gen * mask
             scalars.update(self.inpaint_step(image, edges_in, mask))
         self.state.step += 1
+        self.update_ema()
         return scalars
+
+    # ------------------------------------------------------------------ weight averaging
+    def update_ema(self) -> None:
+        """``ema = d * ema + (1 - d) * weights`` for G1 and G2 (``TrainConfig.ema_decay``; buffers
+        such as spectral-norm vectors are copied). The first call starts the average at the weights."""
+        d = self.cfg.train.ema_decay
+        if d <= 0:
+            return
+        with torch.no_grad():
+            for key in ("g1", "g2"):
+                state = unwrap(self.nets[key]).state_dict()
+                if key not in self.ema:
+                    self.ema[key] = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+                                     for k, v in state.items()}
+                    continue
+                for k, v in state.items():
+                    if v.is_floating_point() and k in self._ema_params[key]:
+                        self.ema[key][k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+                    else:
+                        self.ema[key][k].copy_(v)
+
+    def averaged_generators(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(G1, G2) carrying the averaged weights (copies), or the live networks when averaging is off."""
+        if not self.ema:
+            return self.nets["g1"], self.nets["g2"]
+        import copy
+
+        out = []
+        for key in ("g1", "g2"):
+            net = copy.deepcopy(unwrap(self.nets[key]))
+            net.load_state_dict({k: v.to(net.state_dict()[k].dtype) for k, v in self.ema[key].items()})
+            out.append(net)
+        return out[0], out[1]
 
     # ------------------------------------------------------------------ stage switch
     def maybe_switch_stage(self, validation_mape: float | None) -> bool:
@@ -263,6 +300,7 @@ class Trainer:
                 "best": {"step": st.best_step, "value": st.best_value},
                 "data_position": {"epoch": st.epoch, "batch": st.batch},
                 "models": {k: unwrap(v).state_dict() for k, v in self.nets.items()},
+                **({"ema": {k: dict(v) for k, v in self.ema.items()}} if self.ema else {}),
                 "optimizers": {k: o.state_dict() for k, o in self.opts.items()},
                 "rng": rng_per_rank[0], "rng_per_rank": rng_per_rank}
 
@@ -273,6 +311,8 @@ class Trainer:
             if key in ckpt["models"]:
                 load_state(net, ckpt["models"][key], key.upper())
         self.state.stage = int(ckpt.get("stage", 1))
+        self.ema = {k: {n: t.float() if t.is_floating_point() else t for n, t in v.items()}
+                    for k, v in (ckpt.get("ema") or {}).items()} if not weights_only else {}
         if weights_only:
             return
         try:

@@ -263,3 +263,26 @@ def test_residual_fill_run_starts_at_the_smooth_fill_and_round_trips(prepared_st
     assert bundle.model_config.g2_residual_fill and bundle.inpaint_generator.body[1].weight.shape[1] == 5
     json_cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert json_cfg["architecture"]["g2_inputs"] == ["smooth_filled_rgb", "edges", "mask"]
+
+
+def test_weight_averaging_is_kept_resumed_and_used_for_inference(prepared_store, tmp_path):
+    """With ``ema_decay`` the run keeps an average of G1/G2 weights: it differs from the trained
+    weights, survives an exact resume, and is what best.pt and the inference bundle carry."""
+    cfg = tiny_cfg(mode="joint", max_steps=4, checkpoint_every=2, ema_decay=0.5)
+    cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"mape_every": 2})})
+    run = tmp_path / "run"
+    train(prepared_store, run, cfg, progress=False)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    key = next(k for k in last["models"]["g2"] if k.endswith("weight"))
+    assert not torch.equal(last["ema"]["g2"][key], last["models"]["g2"][key])
+    bundle = load_inference_bundle(run)
+    assert torch.equal(bundle.inpaint_generator.state_dict()[key], last["ema"]["g2"][key])
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["step"] in (2, 4) and torch.equal(best["models"]["g2"][key], best["ema"]["g2"][key])
+    reference = train(prepared_store, tmp_path / "ref", cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 6})}),
+                      progress=False)
+    resumed = train(prepared_store, run, cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 6})}),
+                    progress=False)
+    a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")["ema"]["g2"][key]
+    b = load_checkpoint(run / "checkpoints" / "last.pt")["ema"]["g2"][key]
+    assert resumed.steps == reference.steps == 6 and torch.allclose(a, b, atol=1e-6)

@@ -69,9 +69,7 @@ def wait_for_deployments(names: list[str], timeout_s: float = 120.0) -> None:
     asyncio.run(wait_for(names, timeout_s))
 
 
-if __name__ == "__main__":  # python -m flows.serve [MODULE ...] = edgefill serve [MODULE ...]
+if __name__ == "__main__":  # python -m flows.serve [MODULE ...]: what `edgefill serve [MODULE ...]` runs
     import sys
 
-    from flows.cli import main
-
-    raise SystemExit(main(["serve", *sys.argv[1:]]))
+    serve_deployments(tuple(sys.argv[1:]) or FLOW_MODULES)

@@ -86,14 +86,23 @@ def test_atomic_files_commit_and_rollback(tmp_path):
     assert finals[1].read_text() == "x.stac.json"
 
 
+def _is_main_block(node: ast.AST) -> bool:
+    """``if __name__ == "__main__":`` - an entry point (``python -m x``), not a dependency of the module."""
+    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and isinstance(node.test.left, ast.Name)
+            and node.test.left.id == "__name__")
+
+
 def _project_imports() -> dict[str, set[str]]:
-    """Module -> the project modules it imports (top level or inside functions)."""
+    """Module -> the project modules it imports (top level or inside functions; not in its
+    ``__main__`` block, which runs as another module object)."""
     files = [*REPO.glob("pipeline/**/*.py"), *REPO.glob("models/**/*.py"), *REPO.glob("flows/*.py")]
     modules = {".".join(f.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): f for f in files}
     graph = {}
     for name, path in modules.items():
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        tree.body = [n for n in tree.body if not _is_main_block(n)]
+        for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 deps |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
             elif isinstance(node, ast.Import):

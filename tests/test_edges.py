@@ -1,6 +1,8 @@
 """Edges: agreement with EdgeConnect's reference (skimage canny, sigma 2) on REAL patches."""
 import numpy as np
 import pytest
+
+from pipeline.scenes import read_scene
 from skimage.color import rgb2gray
 from skimage.feature import canny
 
@@ -9,9 +11,17 @@ from pipeline.store import open_store, store_radiometry
 
 
 @pytest.fixture(scope="module")
-def real_patches01(real_store_template):
-    g = open_store(real_store_template)
-    return store_radiometry(g).to_unit(g["images"][:])
+def real_patches01():
+    """Real 256 px patches of textured scenes (Landsat 8 Itaipu, Landsat 5 040028, Landsat 7 Olinda)."""
+    out = []
+    for scene_id in ("LC08_224078_20200518_ITAIPU", "LT05_040028_20060706", "LE07_OLINDA_STARS"):
+        scene = read_scene(scene_id)
+        h, w = scene.valid.shape
+        for r in range(0, h - 255, 256):
+            for c in range(0, w - 255, 256):
+                if scene.valid[r:r + 256, c:c + 256].all() and len(out) < 10:
+                    out.append(scene.rgb[:, r:r + 256, c:c + 256].astype(np.float32) / 255.0)
+    return np.stack(out)
 
 
 def test_gray_matches_skimage(real_patches01):

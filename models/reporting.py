@@ -73,19 +73,22 @@ def save_sample_grid(path: Path, image, edges, mask, gen_edges, output) -> Path:
 
 
 def save_loss_plot(run_dir: Path, path: Path | None = None) -> Path | None:
-    """Plot every generator/discriminator loss of history.jsonl against the step (PNG)."""
-    history = read_history(run_dir)
+    """Plot every generator/discriminator loss of history.jsonl and the validation curves
+    (hole PSNR in dB, edge MAPE; logged every ``schedule.mape_every`` steps) against the step (PNG).
+    A step logged twice (a run resumed from an earlier checkpoint) keeps its last record."""
+    history = list({h["step"]: h for h in read_history(run_dir) if "step" in h}.values())
     if not history:
         return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("g1", "d1", "g2", "d2", "hole_l1", "edge_mape") if k in history[-1]]
+    names = ("g1", "d1", "g2", "d2", "hole_l1", "edge_mape", "val_hole_psnr", "val_edge_mape")
+    keys = [k for k in names if any(k in h for h in history)]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-    steps = [h["step"] for h in history]
     for ax, k in zip(axes[0], keys):
-        ax.plot(steps, [h.get(k, np.nan) for h in history])
+        points = sorted((h["step"], h[k]) for h in history if k in h)
+        ax.plot([s for s, _ in points], [v for _, v in points], marker="." if k.startswith("val_") else None)
         ax.set_title(k)
         ax.set_xlabel("step")
     fig.tight_layout()

@@ -26,6 +26,7 @@ from models.registry import SHIPPED_DIR
 from pipeline.atomic_io import atomic_write_json, atomic_write_text
 
 CARD = "MODEL_CARD.md"
+CURVES = "learning_curves.png"
 
 
 def slim_weights(ckpt: dict[str, Any], half: bool) -> dict[str, Any]:
@@ -171,6 +172,8 @@ def model_card(name: str, run_dir: str | Path, store: str | Path, *, val_records
         f"{' (scaled by the known-pixel std)' if L.inpaint_l1_scaled and L.inpaint_objective == 'l1' else ''}, "
         f"adversarial weight {L.inpaint_adv_weight:g}, perceptual {L.perceptual_weight:g}, style {L.style_weight:g}.",
         *[f"- {k}: {v}" for k, v in training.items()],
+        *([f"- Learning curves (losses; validation hole PSNR and edge MAPE): [{CURVES}]({CURVES})"]
+          if (Path(SHIPPED_DIR) / name / CURVES).exists() else []),
         "", "## Evaluation (deployment path)",
         "Scores come from the same tiled fill `edgefill inpaint` runs (known edges of the masked tile, G1, G2, "
         "blending, composite written in the stored dtype) on FIXED pairs of held-out scenes and held-out masks. "

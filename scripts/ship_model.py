@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models.evaluate import summarise  # noqa: E402
-from models.shipping import margins_over, model_card, score_for_card, ship_model  # noqa: E402
+from models.reporting import save_loss_plot  # noqa: E402
+from models.shipping import CURVES, margins_over, model_card, score_for_card, ship_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                    "split": "validation", "baselines_hole_psnr": {m: r["hole_psnr"] for m, r in overall.items()},
                    "margin_over_gdal_validation": over_gdal, "margin_over_gdal_test": margins_over(test)}
         out = ship_model(a.run_dir, a.name, checkpoint=a.checkpoint, half=True, card=card, metrics=metrics)
+        save_loss_plot(a.run_dir, out / CURVES)  # the run's losses and validation curves, linked from the card
         # the card's size line reads the shipped file: write the card again now that the weights are in place
         (out / "MODEL_CARD.md").write_text(model_card(a.name, a.run_dir, a.store, val_records=val, test_records=test,
                                                       val_fp32_psnr=val_fp32, training=training, commands=commands,

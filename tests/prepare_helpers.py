@@ -1,4 +1,13 @@
-"""Small prepare configs for tests (few masks, so a prepare run takes seconds)."""
+"""Small prepare configs for tests (few masks, so a prepare run takes seconds), and a local Dask
+cluster started as a user would start one."""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 from pipeline.masks import RATIO_BINS
 from pipeline.masks.library import MaskKindSpec, MaskLibraryConfig
 from pipeline.pairings import PairingConfig
@@ -17,3 +26,43 @@ def small_mask_config(seed: int = 0) -> MaskLibraryConfig:
 
 def small_prepare_config(seed: int = 0) -> PrepareConfig:
     return PrepareConfig(masks=small_mask_config(seed), pairings=PairingConfig(seed=seed, eval_pairs_per_bin=2))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def dask_env() -> dict[str, str]:
+    """Environment for Dask processes that import the project (workers may start their own processes)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+
+
+@contextlib.contextmanager
+def local_dask_cluster(workdir: Path):
+    """`dask scheduler` + one `dask worker` (2 threads) on 127.0.0.1; yields the scheduler address."""
+    sched_file = workdir / "scheduler.json"
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              cwd=workdir, env=dask_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "2", "--no-nanny",
+                                       "--no-dashboard", "--host", "127.0.0.1"],
+                                      cwd=ROOT, env=dask_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        import distributed
+
+        with distributed.Client(address, timeout="30s") as c:
+            c.wait_for_workers(1, timeout=60)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:  # a worker still retiring under load: never leak it
+                p.kill()
+                p.wait(timeout=20)

@@ -5,23 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from prepare_helpers import small_prepare_config
+from prepare_helpers import local_dask_cluster, small_prepare_config
 
 from pipeline.edges import edges_for_batch
 from pipeline.prepare import DaskConfig, PrepareDatasetConfig
 from pipeline.store import Radiometry, open_store
 
 pytestmark = pytest.mark.slow  # a Prefect test server and Dask clusters (own processes)
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 async def _task_runs(flow_run_ids):
@@ -75,39 +69,11 @@ def test_flow_runs_one_retried_prefect_task_per_shard_on_a_local_cluster(prefect
     assert again["shards_computed"] == 0 and again["shards_skipped"] == n_shards and runs_again == []
 
 
-def _env():
-    return {**os.environ, "PYTHONPATH": str(ROOT), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
-
-
 @pytest.fixture
 def dask_scheduler(tmp_path):
-    """`dask scheduler` + one `dask worker` on 127.0.0.1, as a user's cluster would be started."""
-    sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(sched_file)],
-                              cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not sched_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
-        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "2", "--no-nanny",
-                                       "--no-dashboard", "--host", "127.0.0.1"],
-                                      cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        import distributed
-
-        with distributed.Client(address, timeout="30s") as c:
-            c.wait_for_workers(1, timeout=60)
+    """A user's Dask cluster on 127.0.0.1, reached by address."""
+    with local_dask_cluster(tmp_path) as address:
         yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:  # a worker still retiring under load: never leak it
-                p.kill()
-                p.wait(timeout=20)
 
 
 def test_flow_on_an_existing_scheduler_by_address(prefect_harness, dask_scheduler, real_store):

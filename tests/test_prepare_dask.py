@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prepare_helpers import small_prepare_config
+from prepare_helpers import dask_env, local_dask_cluster, small_prepare_config
 
 from pipeline.edges import edges_for_batch
 from pipeline.prepare import DaskConfig, compute_edges, prepare_store
@@ -19,42 +19,13 @@ from pipeline.store import Radiometry, create_store, open_store
 pytestmark = pytest.mark.slow  # Dask scheduler and workers, a prepare killed mid-run (own processes)
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def _env():
-    return {**os.environ, "PYTHONPATH": str(ROOT), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
 
 
 @pytest.fixture
 def dask_cluster(tmp_path):
-    """`dask scheduler` + `dask worker` on 127.0.0.1 as a user's cluster would be started."""
-    sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(sched_file)],
-                              cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not sched_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
-        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "2", "--no-nanny",
-                                       "--no-dashboard", "--host", "127.0.0.1"],
-                                      cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        import distributed
-
-        with distributed.Client(address, timeout="30s") as c:
-            c.wait_for_workers(1, timeout=60)
+    """A user's Dask cluster on 127.0.0.1, reached by address."""
+    with local_dask_cluster(tmp_path) as address:
         yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:  # a worker still retiring under load: never leak it
-                p.kill()
-                p.wait(timeout=20)
 
 
 def test_prepare_on_existing_scheduler_by_address(dask_cluster, real_store):
@@ -91,7 +62,7 @@ def test_resume_after_sigkill(real_store_template, tmp_path):
     images = _many_shard_store(real_store_template, store)
     code = ("import sys; from pipeline.prepare import compute_edges, DaskConfig; "
             "compute_edges(sys.argv[1], dask=DaskConfig(threads_per_worker=1))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(store)], cwd=ROOT, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-c", code, str(store)], cwd=ROOT, env=dask_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_path = store / "edges_done"
     deadline = time.monotonic() + 120

@@ -311,7 +311,7 @@ def _inpaint_mask(extras: dict) -> dict:
 def _run_inpaint_demo(cfg: EverestDemoConfig, extras: dict) -> None:
     from models.scene_demo import run_everest_demo
 
-    run_everest_demo(cfg.model, cfg.out_dir, device=cfg.device)
+    run_everest_demo(cfg.model, cfg.out_dir, device=cfg.device, pictures_dir=cfg.pictures_dir)
 
 
 #: every stage command: its config and the flags generated from it

@@ -33,7 +33,7 @@ def inpaint_scene_task(cfg: InpaintSceneConfig) -> dict:
 def everest_demo_task(cfg: EverestDemoConfig) -> dict:
     from models.scene_demo import run_everest_demo
 
-    return run_everest_demo(cfg.model, cfg.out_dir, device=cfg.device)
+    return run_everest_demo(cfg.model, cfg.out_dir, device=cfg.device, pictures_dir=cfg.pictures_dir)
 
 
 @flow(name="inpaint-scene", log_prints=True)

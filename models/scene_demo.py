@@ -37,6 +37,8 @@ class EverestDemoConfig(BaseModel):
     model: str = Field("current", description="run dir or registry name")
     out_dir: Path = Field(Path("demo_out/everest"), description="folder of the demo's files and summary.md")
     device: str = Field("cpu", description="cpu | cuda")
+    pictures_dir: Path | None = Field(None, description="also write the README's pictures (everest_demo.png, "
+                                                        "everest_zoom.png) into this folder")
 
 
 def real_gap_pattern(height: int = 655, width: int = 800, window: Window = GAP_WINDOW,
@@ -125,9 +127,11 @@ def demo_markdown(result: dict) -> str:
 
 
 def run_everest_demo(model: str | Path = "current", out_dir: str | Path = "demo_out/everest",
-                     device: str = "cpu", bundle=None, quiet: bool = False) -> dict:
+                     device: str = "cpu", bundle=None, quiet: bool = False,
+                     pictures_dir: str | Path | None = None) -> dict:
     """Gap Everest with the real SLC-off pattern, inpaint it with ``model`` and with GDAL
-    FillNodata, print masked-region PSNR/SSIM side by side; returns a small summary dict."""
+    FillNodata, print masked-region PSNR/SSIM side by side; returns a small summary dict.
+    ``pictures_dir``: also write the README's pictures there (:func:`write_readme_pictures`)."""
     from models.inpaint_scene import InpaintSceneConfig, inpaint_scene
 
     out_dir = Path(out_dir)
@@ -149,12 +153,14 @@ def run_everest_demo(model: str | Path = "current", out_dir: str | Path = "demo_
         "stac_item": str(summary.stac_item), "fillnodata": str(fill_path), "seconds": summary.seconds,
     }
     result["summary_md"] = str(write_summary_md(result, out_dir / "summary.md"))
+    if pictures_dir is not None:
+        result["pictures"] = {k: str(v) for k, v in write_readme_pictures(result, pictures_dir).items()}
     if not quiet:
         print(f"Everest + real SLC-off gaps ({hole.mean():.1%} of pixels), masked-region metrics:")
-        print(f"  {'method':<22}{'PSNR dB':>9}{'SSIM':>8}")
+        print(f"  {'method':<30}{'PSNR dB':>9}{'SSIM':>8}")
         for name, label in (("model", f"edgefill ({summary.model})"), ("gdal_fillnodata", "GDAL FillNodata"),
                             ("harmonic", "harmonic prefill")):
-            print(f"  {label:<22}{metrics[name]['psnr']:>9.2f}{metrics[name]['ssim']:>8.3f}")
+            print(f"  {label:<30}{metrics[name]['psnr']:>9.2f}{metrics[name]['ssim']:>8.3f}")
         for key in ("gapped", "inpainted", "filled_mask", "quicklook", "stac_item", "fillnodata"):
             print(f"  {key:<12} {result[key]}")
     return result
@@ -188,9 +194,12 @@ def write_readme_pictures(result: dict, out_dir: str | Path, zoom: tuple[int, in
                                _stretch(model, lo, hi)], axis=1)
     paths = {"overview": out_dir / "everest_demo.png", "zoom": out_dir / "everest_zoom.png"}
     img = Image.fromarray(overview)
-    img.resize((img.width // 2, img.height // 2), Image.LANCZOS).save(paths["overview"], optimize=True)
-    r, c, n = zoom or (200, 300, 140)
+    with atomic_path(paths["overview"]) as tmp:
+        img.resize((img.width // 2, img.height // 2), Image.LANCZOS).save(tmp, format="PNG", optimize=True)
+    # default: the truth's most textured 140 px window with < 5 % saturated snow (picked on texture, not scores)
+    r, c, n = zoom or (480, 140, 140)
     crops = [_stretch(a[:, r:r + n, c:c + n], lo, hi) for a in (gap_rgb, model, gdal, truth)]
     panel = np.concatenate([x for crop in crops for x in (crop, sep(n))][:-1], axis=1)
-    Image.fromarray(panel).resize((panel.shape[1] * 3, n * 3), Image.NEAREST).save(paths["zoom"], optimize=True)
+    with atomic_path(paths["zoom"]) as tmp:
+        Image.fromarray(panel).resize((panel.shape[1] * 3, n * 3), Image.NEAREST).save(tmp, format="PNG", optimize=True)
     return paths

@@ -138,8 +138,8 @@ def test_plain_functions_defaults_are_the_configs():
     assert (tr["resume"].default, tr["init_from"].default, tr["device"].default, tr["progress"].default) == \
         (run.resume, run.init_from, run.device, run.progress)
     demo, dcfg = inspect.signature(run_everest_demo).parameters, EverestDemoConfig()
-    assert (demo["model"].default, Path(demo["out_dir"].default), demo["device"].default) == \
-        (dcfg.model, dcfg.out_dir, dcfg.device)
+    assert (demo["model"].default, Path(demo["out_dir"].default), demo["device"].default,
+            demo["pictures_dir"].default) == (dcfg.model, dcfg.out_dir, dcfg.device, dcfg.pictures_dir)
     ps = inspect.signature(prepare_store).parameters
     assert ps["config"].default == PrepareConfig() == PrepareDatasetConfig().prepare_config()
     assert ps["dask"].default == PrepareDatasetConfig().dask

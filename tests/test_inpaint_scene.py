@@ -54,7 +54,7 @@ def test_slc_off_scene_streamed_cog_keeps_valid_pixels_and_georeferencing(tmp_pa
 
 
 def test_everest_demo_real_gap_pattern(tmp_path, tiny_bundle, capsys):
-    result = run_everest_demo(out_dir=tmp_path / "demo", bundle=tiny_bundle)
+    result = run_everest_demo(out_dir=tmp_path / "demo", bundle=tiny_bundle, pictures_dir=tmp_path / "pics")
     truth, hole = read_scene("LE07_140041_20001030_EVEREST").rgb, real_gap_pattern()
     assert 0.05 < result["hole_fraction"] < 0.15 and result["hole_fraction"] == pytest.approx(hole.mean())
     with rasterio.open(result["gapped"]) as g, rasterio.open(result["inpainted"]) as o:
@@ -67,6 +67,12 @@ def test_everest_demo_real_gap_pattern(tmp_path, tiny_bundle, capsys):
     assert result["metrics"]["gdal_fillnodata"]["psnr"] > 15  # thin stripes interpolate well
     printed = capsys.readouterr().out
     assert "GDAL FillNodata" in printed and result["inpainted"] in printed
+    from PIL import Image
+
+    overview, zoom = Image.open(result["pictures"]["overview"]), Image.open(result["pictures"]["zoom"])
+    assert overview.format == zoom.format == "PNG"
+    assert overview.size == ((3 * truth.shape[2] + 12) // 2, truth.shape[1] // 2)  # input | holes | output, half size
+    assert zoom.size[1] == 3 * 140 and zoom.size[0] == 3 * (4 * 140 + 18)  # 4 panels at 3x
 
 
 def test_all_valid_scene_is_copied_without_calling_the_model(tmp_path, tiny_bundle):

@@ -196,7 +196,8 @@ def summarise(records: list[dict]) -> list[dict]:
 
 def by_bin(records: list[dict]) -> list[dict]:
     """Mean metrics per (method, hole-ratio bin) over every mask kind (the bench's table)."""
-    return summarise([{**r, "mask_kind": "any"} for r in records if r["ratio_bin"] != "other"])
+    rows = summarise([{**r, "mask_kind": "any"} for r in records if r["ratio_bin"] != "other"])
+    return [r for r in rows if r["mask_kind"] == "any"]  # summarise's (all kinds, all bins) row repeats (any, all)
 
 
 def evaluate(store: str | Path, model: str | Path | None = None, *, methods: tuple[str, ...] | None = None,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models.baselines import BASELINES, run_baseline
-from models.evaluate import ModelFill, bin_label, evaluate, model_metrics, score_pairs, select_pairs, write_report
+from models.evaluate import ModelFill, bin_label, by_bin, evaluate, model_metrics, score_pairs, select_pairs, write_report
 from models.metrics import EdgeCounts, image_metrics, l1, psnr, ssim, ssim_map
 from pipeline.dataset import EvalPairs
 
@@ -31,6 +31,18 @@ def test_psnr_l1_on_hole_and_composite_hand_computed():
     assert m["comp_psnr"] == pytest.approx(10 * math.log10(1 / (0.01 * 4 / 256)))
     assert l1(out, truth) == pytest.approx((0.1 * 4 + 0.5) / 256)
     assert psnr(truth, truth) == 100.0                                          # capped, not inf
+
+
+def test_tables_by_bin_have_one_row_per_method_and_bin():
+    metrics = {k: 0.0 for k in ("hole_psnr", "hole_ssim", "hole_l1", "comp_psnr", "comp_ssim", "comp_l1")}
+    records = [{**metrics, "method": m, "mask_kind": kind, "ratio_bin": b, "hole_psnr": v}
+               for m in ("model", "gdal") for kind, b, v in
+               (("cloud", "10-20%", 20.0), ("slc_off", "10-20%", 30.0), ("slc_off", "20-30%", 40.0))]
+    rows = by_bin(records)
+    assert sorted((r["method"], r["ratio_bin"]) for r in rows) == sorted(
+        (m, b) for m in ("model", "gdal") for b in ("10-20%", "20-30%", "all"))
+    psnr_of = {(r["method"], r["ratio_bin"]): (r["hole_psnr"], r["n"]) for r in rows}
+    assert psnr_of["model", "10-20%"] == (25.0, 2) and psnr_of["gdal", "all"] == (30.0, 3)
 
 
 def test_ssim_hand_computed_on_constant_images():

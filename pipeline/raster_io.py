@@ -29,7 +29,7 @@ from rasterio.windows import Window
 
 #: GDAL block cache during scene processing (MB): keeps RSS independent of scene size.
 GDAL_CACHE_MB = 32
-SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
 
 
 class RasterInputError(ValueError):

@@ -77,7 +77,7 @@ class Radiometry(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True)
-    dtype: Literal["uint8", "uint16", "float32"] = "uint8"
+    dtype: Literal["uint8", "uint16", "int16", "float32"] = "uint8"
     scale: float = 1.0 / 255.0
     offset: float = 0.0
     description: str = "8-bit DN"

@@ -27,11 +27,11 @@ def test_inspect_real_scene_and_band_selection():
 
 
 def test_unsupported_dtype_is_named(tmp_path):
-    path = tmp_path / "int16.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=3, dtype="int16", crs="EPSG:32612",
+    path = tmp_path / "int32.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=3, dtype="int32", crs="EPSG:32612",
                        transform=rasterio.transform.from_origin(0, 80, 10, 10)) as dst:
-        dst.write(np.ones((3, 8, 8), np.int16))
-    with pytest.raises(RasterInputError, match="int16"):
+        dst.write(np.ones((3, 8, 8), np.int32))
+    with pytest.raises(RasterInputError, match="int32"):
         inspect_scene(path)
 
 

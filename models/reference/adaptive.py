@@ -3,7 +3,7 @@ reference relates to its target, and fill with what was learned.
 
 The target's known pixels are paired examples of the reference-to-target relation for this very
 scene. :func:`simulated_holes` moves the target's own hole geometry (SLC-off stripes, cloud shapes)
-onto known ground by whole-pixel shifts; every candidate fill (:data:`REFERENCE_FILLS`) is run with
+onto known ground by whole-pixel shifts; every candidate fill (:func:`candidate_fills`) is run with
 those pixels hidden as well, and their truth is known. Two disjoint shifts give a fit set and a
 held-out set. :func:`fit_combination` fits, per band, a ridge-regularised linear combination of the
 candidates (plus an intercept) on the fit set; the held-out set then decides between that
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.reference.fills import REFERENCE_FILLS
+from models.reference.fills import candidate_fills
 
 #: the candidate used alone when there are too few examples to learn from (chosen on validation).
 DEFAULT_FILL = "local_regression"
@@ -49,12 +49,6 @@ def simulated_holes(hole: np.ndarray, usable: np.ndarray, shifts: tuple[tuple[in
             hole[max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
         out |= moved
     return out & usable
-
-
-def run_candidates(target: np.ndarray, hole: np.ndarray, reference: np.ndarray,
-                   ref_valid: np.ndarray) -> dict[str, np.ndarray]:
-    """Every candidate fill of the array: name -> (C, H, W), NaN where the reference is invalid."""
-    return {name: fill(target, hole, reference, ref_valid) for name, fill in REFERENCE_FILLS.items()}
 
 
 def _design(preds: dict[str, np.ndarray], where: np.ndarray, band: int) -> np.ndarray:
@@ -93,10 +87,10 @@ def adaptive_fill(target: np.ndarray, hole: np.ndarray, reference: np.ndarray,
     fit_px = simulated_holes(hole, both, SHIFTS[:half])
     held_px = simulated_holes(hole, both, SHIFTS[half:]) & ~fit_px
     report = AdaptiveReport()
-    preds = run_candidates(target, hole, reference, ref_valid)
+    preds = candidate_fills(target, hole, reference, ref_valid)
     if min(fit_px.sum(), held_px.sum()) < MIN_EXAMPLES:
         return preds[DEFAULT_FILL], report
-    sim = run_candidates(target, hole | fit_px | held_px, reference, ref_valid)
+    sim = candidate_fills(target, hole | fit_px | held_px, reference, ref_valid)
     ok = np.isfinite(np.stack(list(sim.values()))).all(axis=(0, 1))
     fit_px, held_px = fit_px & ok, held_px & ok
     report.examples = int(fit_px.sum() + held_px.sum())

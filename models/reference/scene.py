@@ -33,7 +33,7 @@ METHOD_DESCRIPTIONS = {
                         "residual carried in harmonically",
     "reference_harmonic": "reference + harmonic(target - reference)",
     "similar_pixels": "NSPI-style similar pixels: the reference value plus the mean change of pixels that "
-                      "looked alike on the reference date (21 px windows)",
+                      "looked alike on the reference date (21 px windows sampled every 2 px)",
     "adaptive": "scene-adaptive combination of the classical fills, fitted on the target's known pixels under "
                 "its own hole geometry shifted onto known ground, checked on held-out known pixels",
 }

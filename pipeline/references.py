@@ -152,7 +152,12 @@ def open_reference(path: str | Path, target: SceneInfo, target_sample: Callable[
     ``target_sample(step)`` returns the target's (3, h, w) model-unit values and (h, w) validity
     on every ``step``-th row and column. Raises :class:`RasterInputError` naming the problem."""
     path = Path(path)
-    if path.is_file() and path.resolve() == target.path.resolve():
+    if str(path) == "auto":
+        raise RasterInputError("--reference auto (the nearest clear acquisitions fetched from Earth Engine) is not "
+                               "available yet: pass reference GeoTIFFs")
+    if not path.is_file():
+        raise RasterInputError(f"reference {path} does not exist")
+    if path.resolve() == target.path.resolve():
         raise RasterInputError(f"reference {path.name} is the target scene itself; give another date")
     bands = reference_bands or target.bands
     try:

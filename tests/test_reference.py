@@ -100,6 +100,8 @@ def test_reference_fill_keeps_valid_pixels_and_reports_shares(marburg_run):
     ("itself", "is the target scene itself"),
     ("all_nodata", "holds no valid pixel over the target"),
     ("two_bands", "reference: band"),
+    ("missing", "does not exist"),
+    ("auto", "not available yet"),
 ])
 def test_bad_reference_is_one_clear_error_and_nothing_is_written(tmp_path, case, match):
     target, ref = MARBURG.write(tmp_path / "in")
@@ -114,12 +116,12 @@ def test_bad_reference_is_one_clear_error_and_nothing_is_written(tmp_path, case,
         data[:] = 0
     elif case == "two_bands":
         profile["count"], data = 2, data[:2]
-    if case != "identical":
+    if case not in ("identical", "missing", "auto"):
         with rasterio.open(bad, "w", **profile) as dst:
             dst.write(data)
     out = tmp_path / "out" / "result.tif"
     out.parent.mkdir()
-    res = _invoke(target, out, "--reference", target if case == "itself" else bad)
+    res = _invoke(target, out, "--reference", {"itself": target, "auto": "auto"}.get(case, bad))
     assert res.exit_code == 2, res.output
     lines = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and match in lines[0], res.output

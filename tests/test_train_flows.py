@@ -46,15 +46,23 @@ def test_train_then_retrain_promotes_only_if_better(prefect_harness, prepared_st
     assert {"train-model", "train-model-evaluation", "train-model-test", "retrain-model"} <= keys
 
 
-def test_deployments_declare_default_and_nightly_cron():
-    from flows.train import NIGHTLY_CRON, deployments
+def test_nightly_deployment_runs_at_the_documented_03_00_utc():
+    """The README documents the nightly retraining at 03:00 UTC: the deployment must say exactly that
+    (a schedule without a time zone would follow the server's or worker's local time)."""
+    from pathlib import Path
+
+    from flows.train import deployments
     from models.config import TrainRunConfig
 
     deps = {d.name: d for d in deployments()}
     assert set(deps) == {"default", "nightly"}
     assert TrainRunConfig.model_validate(deps["default"].parameters.get("config", {})).model == "demo"
-    schedules = deps["nightly"].schedules
-    assert schedules and schedules[0].schedule.cron == NIGHTLY_CRON
+    assert deps["default"].schedules in (None, [])
+    (schedule,) = deps["nightly"].schedules
+    assert schedule.schedule.cron == "0 3 * * *" and schedule.schedule.timezone == "UTC"
+    assert deps["nightly"].flow_name == "retrain-model"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "`retrain-model/nightly` (cron 03:00 UTC" in readme
 
 
 def test_cli_train_and_evaluate_bad_input_exit_cleanly(real_store, tmp_path):

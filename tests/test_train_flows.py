@@ -77,7 +77,7 @@ def test_retrain_promotes_a_better_candidate_and_keeps_a_worse_one(prefect_harne
 
 def test_nightly_deployment_runs_at_the_documented_03_00_utc():
     """The README documents the nightly retraining at 03:00 UTC: the deployment must say exactly that
-    (a schedule without a time zone would follow the server's or worker's local time)."""
+    (the literal cron and the zone, stated in the deployment rather than left to a default)."""
     from pathlib import Path
 
     from flows.train import deployments

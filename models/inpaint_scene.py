@@ -288,11 +288,9 @@ def inpaint_scene(cfg: InpaintSceneConfig, *, bundle=None, fill_fn: FillFn | Non
     for text in info.notes:
         note(text)
 
-    if cfg.device.startswith("cuda"):
-        import torch
+    from models.device import require_device
 
-        if not torch.cuda.is_available():
-            raise InpaintError(f"device {cfg.device!r} asked for but CUDA is not available here; use --device cpu")
+    require_device(cfg.device)
     if bundle is None and fill_fn is None:
         bundle = _load_bundle(cfg.model, cfg.device)
     model_name = bundle.name if bundle is not None else "custom-fill-fn"

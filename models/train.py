@@ -33,6 +33,7 @@ from models.checkpoint import (CheckpointError, load_checkpoint, read_run_config
                                write_run_config)
 from models.config import ModelConfig, TrainRunConfig, apply_overrides, build_config  # noqa: F401 (re-exported)
 from models.data import batch_iterator, collate, epoch_batches
+from models.device import require_device
 from models.evaluate import ModelFill, score_pairs, validation_scores
 from models.networks import edge_connect_forward
 from models.reporting import RunLog, save_loss_plot, save_sample_grid
@@ -84,7 +85,9 @@ def _dist_setup(device: str | None) -> tuple[int, int, int, torch.device]:
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = require_device(device)
+    if dev.type == "cuda" and dev.index is None:  # plain "cuda": this rank's GPU
+        dev = torch.device("cuda", local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
@@ -121,6 +124,8 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
     ``init_from``: a run dir whose weights (and G1 stage) start this run (fine-tuning)."""
     store, run_dir = Path(store), Path(run_dir)
     t = cfg.train
+    if device is not None:
+        require_device(device)  # before anything is read or written
     group = open_prepared_store(store)
     meta = read_meta(group)
     radiometry, edge_params = meta.radiometry, meta.prepare.edges()
@@ -267,6 +272,8 @@ def run_training(cfg: TrainRunConfig) -> dict[str, Any]:
     flow): ``cfg.nproc`` > 1 launches that many ranks through torchrun (:func:`models.ddp.launch_training`,
     the one place torchrun is started) and reads the run's summary back; otherwise trains in this
     process (a torchrun rank is such a process). Returns ``asdict(TrainSummary)``."""
+    if cfg.device is not None:
+        require_device(cfg.device)  # here, not in each torchrun rank
     if cfg.nproc > 1:
         from models.ddp import launch_training
 

@@ -64,9 +64,23 @@ class TrainSummary:
     world_size: int
     device: str
     data_version: str
+    train_seconds: float = 0.0  # wall time of the whole run to ``steps`` (every session; ``seconds``: this one)
+    machine: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
+
+
+def machine_facts(device: torch.device, world: int) -> dict[str, Any]:
+    """What the run trained on, for its records (no host name): CPU, cores, torch threads, device."""
+    import platform
+
+    facts: dict[str, Any] = {"cpu": platform.machine(), "cpu_cores": os.cpu_count(),
+                             "torch_threads": torch.get_num_threads(), "device": device.type, "processes": world,
+                             "torch": torch.__version__}
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+    return facts
 
 
 def open_prepared_store(store: Path):
@@ -174,7 +188,7 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
     last_losses: dict[str, float] = {}
     samples: list[str] = []
     status = "completed"
-    start_step, t0 = st.step, time.perf_counter()
+    start_step, t0, seconds0 = st.step, time.perf_counter(), st.seconds
     sample_items = [val_ds[i] for i in val_keep[:4]]
 
     def checkpoint() -> None:
@@ -212,6 +226,7 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
             for batch in batch_iterator(train_ds, batches, st.batch, num_workers=t.num_workers,
                                         pin_memory=dev.type == "cuda"):
                 last_losses = trainer.train_step(batch)
+                st.seconds = seconds0 + time.perf_counter() - t0
                 st.batch += 1
                 if st.batch >= len(batches):
                     st.epoch, st.batch = st.epoch + 1, 0
@@ -228,7 +243,7 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
                         save_best(run_dir, payload, step=st.step)
                 if runlog is not None and st.step % t.log_every == 0:
                     logged = {**last_losses, **{f"val_{k}": v for k, v in validation.items()}}
-                    runlog.log(st.step, logged, stage=st.stage, epoch=st.epoch)
+                    runlog.log(st.step, logged, stage=st.stage, epoch=st.epoch, seconds=round(st.seconds, 2))
                     validation = {}
                 if bar is not None:
                     bar.update(task, completed=st.step, info=" ".join(f"{k}={v:.3f}" for k, v in list(last_losses.items())[:4]))
@@ -255,7 +270,8 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
         run_dir=str(run_dir), status=status, steps=st.step, epochs=st.epoch, stage=st.stage,
         stage_switch_step=st.stage_switch_step, held_out_start=held_out_start, held_out_end=held_out_end,
         last_losses=last_losses, images_per_s=world_images / seconds if seconds > 0 else 0.0, seconds=seconds,
-        world_size=world, device=str(dev), data_version=data_version, warnings=trainer.warnings,
+        world_size=world, device=str(dev), data_version=data_version, train_seconds=st.seconds,
+        machine=machine_facts(dev, world), warnings=trainer.warnings,
         events=list(st.events), samples=samples)
     if rank == 0:
         if not samples or not samples[-1].endswith(f"step-{st.step}.png"):

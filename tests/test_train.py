@@ -37,7 +37,9 @@ def test_short_real_run_writes_the_run_dir(trained_run):
     history = read_history(run_dir)
     tb = EventAccumulator(str(run_dir / "tb"))
     tb.Reload()
-    logged = {k for h in history for k in h} - {"step", "stage", "epoch"}
+    logged = {k for h in history for k in h} - {"step", "stage", "epoch", "seconds"}
+    seconds = [h["seconds"] for h in history]  # the run's wall time at each step
+    assert all(b >= a for a, b in zip(seconds, seconds[1:])) and 0 < seconds[-1] <= summary.train_seconds + 0.005
     assert {"g1", "d1", "g2", "d2"} <= logged and set(tb.Tags()["scalars"]) == logged
     for tag in logged:
         expected = [(h["step"], h[tag]) for h in history if tag in h]

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.checkpoint import read_run_config, run_model_config  # noqa: E402
+from models.checkpoint import CheckpointError, read_run_config, run_model_config  # noqa: E402
 from models.evaluate import summarise  # noqa: E402
 from models.registry import SHIPPED_DIR  # noqa: E402
 from models.reporting import save_loss_plot  # noqa: E402
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meta = read_run_config(a.run_dir)
         rec = RunRecords.read(a.run_dir, a.checkpoint)
-    except Exception as exc:
+    except (CheckpointError, OSError, ValueError, KeyError) as exc:  # not a finished run dir
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     name = a.name or f"{run_model_config(meta).name}-v1"

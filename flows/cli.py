@@ -297,9 +297,26 @@ def _run_evaluate(cfg: EvaluateConfig, extras: dict) -> None:
 
 
 def _run_inpaint(cfg: InpaintSceneConfig, extras: dict) -> None:
+    """Progress on stderr (stdout is the JSON summary): a bar on a terminal, as export's, else a
+    line now and then (:class:`models.inference.ProgressLines`)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from models.inference import ProgressLines
     from models.inpaint_scene import inpaint_scene
 
-    summary = inpaint_scene(cfg, on_note=lambda text: typer.echo(f"note: {text}", err=True))
+    def note(text: str) -> None:
+        typer.echo(f"note: {text}", err=True)
+
+    console = Console(stderr=True)
+    if console.is_terminal:
+        with Progress(TextColumn("inpaint"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+                      TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("tiles", total=None)
+            summary = inpaint_scene(cfg, on_note=note,
+                                    on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    else:
+        summary = inpaint_scene(cfg, on_note=note, on_progress=ProgressLines(lambda line: typer.echo(line, err=True)))
     typer.echo(json.dumps(summary.model_dump(mode="json"), indent=2))
 
 

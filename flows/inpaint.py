@@ -26,7 +26,13 @@ from models.scene_demo import EverestDemoConfig, demo_markdown
 
 @task(name="inpaint-scene-file")
 def inpaint_scene_task(cfg: InpaintSceneConfig) -> dict:
-    return inpaint_scene(cfg, on_note=lambda text: print(f"note: {text}")).model_dump(mode="json")
+    """One scene; its progress goes to the run's log (a line per 10 % of the tiles, or per 30 s)."""
+    from prefect import get_run_logger
+
+    from models.inference import ProgressLines
+
+    progress = ProgressLines(get_run_logger().info, label=f"inpaint {Path(cfg.input).name}")
+    return inpaint_scene(cfg, on_note=lambda text: print(f"note: {text}"), on_progress=progress).model_dump(mode="json")
 
 
 @task(name="everest-demo")

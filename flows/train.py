@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.schedules import Cron
 
 from models.config import EvaluateConfig, RetrainConfig, TrainRunConfig
 from models.promotion import Outcome, evaluation_summary, retrain, train_and_register
 from models.reporting import overall_rows, training_summary_markdown
 
 NIGHTLY_CRON = "0 3 * * *"
+NIGHTLY_TIMEZONE = "UTC"  # stated in the deployment (and the UI), not left to the server's default
 
 
 @task(name="train")
@@ -81,6 +83,6 @@ def deployments() -> list:
                         "cores) on ./demo_out/landsat.zarr; -p config='{\"max_steps\": 600}' to train longer, "
                         "-p config='{\"model\": \"full\", \"nproc\": 4}' on GPUs"),
         retrain_model_flow.to_deployment(
-            name="nightly", cron=NIGHTLY_CRON,
+            name="nightly", schedule=Cron(NIGHTLY_CRON, timezone=NIGHTLY_TIMEZONE),
             description="Fine-tune the current model on the latest store; promote only if hole PSNR improves"),
     ]

@@ -204,6 +204,9 @@ def evaluate(store: str | Path, model: str | Path | None = None, *, methods: tup
              pairs_per_bin: int | None = None, split: str = "test", device: str = "cpu") -> EvalResult:
     """Score ``model`` (run dir or registry name; None = baselines only) and ``methods`` on the
     fixed ``split`` pairings of ``store``, through the deployment path."""
+    from models.device import require_device
+
+    require_device(device)
     ds = EvalPairs(store, split)
     if len(ds) == 0:
         raise ValueError(f"store {store} has no {split} pairings to evaluate on")

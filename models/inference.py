@@ -17,6 +17,12 @@ Engine (:func:`inpaint_strips`)
   ``TilingConfig.prepare_threads`` background threads, in order, so Canny of the next batches
   runs while the model fills the current one (OpenCV and a GPU model both release the GIL).
 - Compositing (in the caller's dtype) keeps every non-hole pixel's stored value bit-for-bit.
+- Progress: ``on_progress(done, total)`` is called with ``done`` = tiles of the grid dealt with
+  so far (filled by the model, or skipped because they hold no hole) out of ``total`` = the tiles
+  in the grid (known before the first strip is read; counting the tiles with holes first would
+  read the whole scene twice): once at the start (0), when a strip's tiles without holes are
+  skipped, and after every model batch; the last call is ``(total, total)``.
+  :class:`ProgressLines` turns it into rate-limited text lines (logs that are not a terminal).
 
 ``fill_fn(images01 (N,3,t,t), mask (N,1,t,t), edges (N,1,t,t)) -> (N,3,t,t)`` float32 arrays in
 [0, 1], mask 1 = missing, edges 1 = edge: :func:`model_fill_fn` wraps G1 then G2 of a
@@ -27,6 +33,7 @@ acquisitions of :mod:`models.reference.scene`), has them tiled alongside and pas
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -41,6 +48,8 @@ FillFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 #: read_strip(r0, r1) -> (stored (C, r1-r0, W), hole (r1-r0, W) bool, unknown (r1-r0, W) bool[, aux (A, r1-r0, W)])
 StripReader = Callable[[int, int], tuple[np.ndarray, ...]]
 ToUnit = Callable[[np.ndarray], np.ndarray]
+#: on_progress(done, total): tiles of the grid dealt with so far, tiles in the grid
+ProgressFn = Callable[[int, int], None]
 
 
 class TilingConfig(BaseModel):
@@ -76,9 +85,37 @@ class InferenceStats:
     batches: int = 0
     hole_pixels: int = 0
 
+    tiles_done: int = 0  # tiles of the grid dealt with so far (run or skipped)
+
     @property
     def skipped_fraction(self) -> float:
         return 1.0 - self.tiles_run / self.tiles_total if self.tiles_total else 1.0
+
+
+class ProgressLines:
+    """An ``on_progress(done, total)`` that writes a line ``"{label}: 12/40 tiles (30%), 8 s"`` through
+    ``emit`` at a bounded rate: at the first call, whenever another ``step`` of the total is done or
+    ``every_s`` seconds have passed since the last line, and at the end (at most ~1/step + 2
+    lines, plus one per ``every_s``)."""
+
+    def __init__(self, emit: Callable[[str], None], label: str = "inpaint", step: float = 0.1,
+                 every_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.emit, self.label, self.step, self.every_s, self.clock = emit, label, step, every_s, clock
+        self.t0 = self.last_t = None
+        self.next_fraction = 0.0
+        self.ended = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if self.t0 is None:
+            self.t0 = self.last_t = now
+        fraction = done / total if total else 1.0
+        final = done >= total
+        if self.ended or not (final or fraction >= self.next_fraction or now - self.last_t >= self.every_s):
+            return
+        self.last_t, self.ended = now, final  # the end is said once
+        self.next_fraction = (int(fraction / self.step + 1e-9) + 1) * self.step
+        self.emit(f"{self.label}: {done}/{total} tiles ({fraction:.0%}), {now - self.t0:.0f} s")
 
 
 @dataclass
@@ -133,8 +170,10 @@ def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def inpaint_strips(read_strip: StripReader, height: int, width: int, fill_fn: FillFn, to_unit: ToUnit,
                    edge_params: EdgeParams = EdgeParams(), tiling: TilingConfig = TilingConfig(),
-                   stats: InferenceStats | None = None) -> Iterator[StripResult]:
-    """Stream a scene through the tiled model; yields final row strips top to bottom."""
+                   stats: InferenceStats | None = None,
+                   on_progress: ProgressFn | None = None) -> Iterator[StripResult]:
+    """Stream a scene through the tiled model; yields final row strips top to bottom.
+    ``on_progress(done, total)``: tiles dealt with (see the module docstring)."""
     stats = stats if stats is not None else InferenceStats()
     t = tiling.tile
     hv, wv = max(height, t), max(width, t)
@@ -142,11 +181,20 @@ def inpaint_strips(read_strip: StripReader, height: int, width: int, fill_fn: Fi
     w1 = blend_window_1d(t, tiling.overlap)
     w2 = (w1[:, None] * w1[None, :]).astype(np.float32)
     wy, wx = coverage_weight(hv, t, rows, w1), coverage_weight(wv, t, cols, w1)
-    stats.tiles_total += len(rows) * len(cols)
+    grid = len(rows) * len(cols)
+    stats.tiles_total += grid
     acc = np.zeros((3, t, wv), np.float32)  # blended sum for rows [r, r + t) of the current strip
+    start = stats.tiles_done
+
+    def progress(n: int) -> None:
+        stats.tiles_done += n
+        if on_progress is not None:
+            on_progress(stats.tiles_done - start, grid)
+
+    progress(0)
     with ThreadPoolExecutor(max_workers=tiling.prepare_threads) as pool:
         yield from _strips(read_strip, height, width, fill_fn, to_unit, edge_params, tiling, stats, rows, cols, wv,
-                           w2, wy, wx, acc, pool)
+                           w2, wy, wx, acc, pool, progress)
 
 
 def _batch_inputs(s_p: np.ndarray, u_p: np.ndarray, a_p: np.ndarray | None, batch: list[int], t: int,
@@ -162,7 +210,7 @@ def _batch_inputs(s_p: np.ndarray, u_p: np.ndarray, a_p: np.ndarray | None, batc
 
 
 def _strips(read_strip, height, width, fill_fn, to_unit, edge_params, tiling, stats, rows, cols, wv, w2, wy, wx,
-            acc, pool) -> Iterator[StripResult]:
+            acc, pool, progress: Callable[[int], None]) -> Iterator[StripResult]:
     t = tiling.tile
     for i, r in enumerate(rows):
         r_end = min(r + t, height)
@@ -173,6 +221,8 @@ def _strips(read_strip, height, width, fill_fn, to_unit, edge_params, tiling, st
         a_p = _pad_to(aux[0], t, wv) if aux else None
         todo = [c for c in cols if h_p[:, c:c + t].any()]
         stats.tiles_run += len(todo)
+        if len(todo) < len(cols):
+            progress(len(cols) - len(todo))  # tiles without a hole: nothing to run
         stats.hole_pixels += int(hole[: (rows[i + 1] - r) if i + 1 < len(rows) else None].sum())
         batches = [todo[b:b + tiling.batch_size] for b in range(0, len(todo), tiling.batch_size)]
         # the inputs (conversion, known edges) of later batches are prepared while the model runs
@@ -186,6 +236,7 @@ def _strips(read_strip, height, width, fill_fn, to_unit, edge_params, tiling, st
             stats.batches += 1
             for c, pred in zip(batch, out):
                 acc[:, :, c:c + t] += pred * w2
+            progress(len(batch))
         last = i + 1 == len(rows)
         n = (r_end - r) if last else rows[i + 1] - r
         pred = None

@@ -318,11 +318,14 @@ class StreamCounts:
 
 
 def inpaint_scene(cfg: InpaintSceneConfig, *, bundle=None, fill_fn: FillFn | None = None,
-                  on_note: Callable[[str], None] | None = None) -> InpaintSummary:
+                  on_note: Callable[[str], None] | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> InpaintSummary:
     """Inpaint ``cfg.input`` into ``cfg.output`` (+ sidecars). ``bundle`` (an already loaded
     :class:`~models.checkpoint.InferenceBundle`) and ``fill_fn`` override loading the model.
     ``on_note`` receives each warning (what was taken as holes, a nodata value inside the data
-    range, ...) as it is found; they are also in ``summary.notes``."""
+    range, ...) as it is found; they are also in ``summary.notes``. ``on_progress(done, total)``:
+    tiles of the grid dealt with (filled, or skipped without a hole) out of the grid's tiles
+    (:mod:`models.inference`), ending at ``(summary.tiles_total, summary.tiles_total)``."""
     t0 = time.perf_counter()
     input_path, output = Path(cfg.input), Path(cfg.output)
     paths = _check_paths(input_path, output)
@@ -337,11 +340,9 @@ def inpaint_scene(cfg: InpaintSceneConfig, *, bundle=None, fill_fn: FillFn | Non
     for text in info.notes:
         note(text)
 
-    if cfg.device.startswith("cuda"):
-        import torch
+    from models.device import require_device
 
-        if not torch.cuda.is_available():
-            raise InpaintError(f"device {cfg.device!r} asked for but CUDA is not available here; use --device cpu")
+    require_device(cfg.device)
     if bundle is None and fill_fn is None:
         bundle = _load_bundle(cfg.model, cfg.device)
     model_name = bundle.name if bundle is not None else "custom-fill-fn"
@@ -375,7 +376,7 @@ def inpaint_scene(cfg: InpaintSceneConfig, *, bundle=None, fill_fn: FillFn | Non
             tmp_data, tmp_mask = atomic.temp("data.tif"), atomic.temp("mask.tif")
             try:
                 counts = _stream(src, info, masker, fill_fn, radiometry, edge_params, tiling, stats,
-                                 tmp_data, tmp_mask, cfg.other_bands, readers)
+                                 tmp_data, tmp_mask, cfg.other_bands, on_progress, readers)
             except rasterio.errors.RasterioError as exc:
                 raise InpaintError(f"raster I/O failed while inpainting {info.path}: "
                                    f"{' '.join(str(exc).split())}") from exc
@@ -427,6 +428,7 @@ def _notes_after_stream(info: SceneInfo, cfg: InpaintSceneConfig, counts: Stream
 def _stream(src, info: SceneInfo, masker: SceneMasker, fill_fn: FillFn, radiometry: Radiometry,
             edge_params: EdgeParams, tiling: TilingConfig, stats: InferenceStats,
             tmp_data: Path, tmp_mask: Path, other_bands: OtherBands = "fill",
+            on_progress: Callable[[int, int], None] | None = None,
             readers: list[ReferenceReader] = ()) -> StreamCounts:
     """Run the strip engine and write data (every band) + filled-mask GeoTIFFs. With ``readers``
     (references on the target grid, nearest date first) each strip carries them as auxiliary
@@ -466,7 +468,7 @@ def _stream(src, info: SceneInfo, masker: SceneMasker, fill_fn: FillFn, radiomet
         mdst.set_band_description(1, "filled (1 = hole filled by edgefill, 2 = only other bands' nodata filled, "
                                      "0 = input kept)")
         for strip in inpaint_strips(read_strip, info.height, info.width, fill_fn, to_unit,
-                                    edge_params, tiling, stats):
+                                    edge_params, tiling, stats, on_progress):
             n = strip.row1 - strip.row0
             masks = latest[strip.row0]
             out = masks.all_stored[:, :n].copy()

@@ -138,7 +138,11 @@ def register_model(run_dir: str | Path, *, metrics: dict[str, Any] | None = None
         if entry.get("source_run_dir") == source and entry.get("step") == step and name in (None, entry["name"]):
             return entry
     version = 1 + sum(1 for e in index["models"].values() if e["config"].get("name") == cfg.name)
-    name = name or f"{cfg.name}-v{version}"
+    if name is None:  # the next free version: a fine-tune of a shipped model must not take the shipped name
+        taken = set(index["models"]) | set(shipped_index()["models"])
+        while f"{cfg.name}-v{version}" in taken:
+            version += 1
+        name = f"{cfg.name}-v{version}"
     if name in index["models"] or name in shipped_index()["models"]:
         raise ValueError(f"model {name!r} is already registered in {root} or shipped")
     if metrics is None:

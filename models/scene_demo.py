@@ -132,8 +132,10 @@ def run_everest_demo(model: str | Path = "current", out_dir: str | Path = "demo_
     """Gap Everest with the real SLC-off pattern, inpaint it with ``model`` and with GDAL
     FillNodata, print masked-region PSNR/SSIM side by side; returns a small summary dict.
     ``pictures_dir``: also write the README's pictures there (:func:`write_readme_pictures`)."""
+    from models.device import require_device
     from models.inpaint_scene import InpaintSceneConfig, inpaint_scene
 
+    require_device(device)  # before the gapped scene is written
     out_dir = Path(out_dir)
     gapped = out_dir / "everest_slc_off_gapped.tif"
     truth, hole = write_gapped_everest(gapped)

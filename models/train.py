@@ -33,6 +33,7 @@ from models.checkpoint import (CheckpointError, load_checkpoint, read_run_config
                                write_run_config)
 from models.config import ModelConfig, TrainRunConfig, apply_overrides, build_config  # noqa: F401 (re-exported)
 from models.data import batch_iterator, collate, epoch_batches
+from models.device import require_device
 from models.evaluate import ModelFill, score_pairs, validation_scores
 from models.networks import edge_connect_forward
 from models.reporting import RunLog, save_loss_plot, save_sample_grid
@@ -63,9 +64,23 @@ class TrainSummary:
     world_size: int
     device: str
     data_version: str
+    train_seconds: float = 0.0  # wall time of the whole run to ``steps`` (every session; ``seconds``: this one)
+    machine: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
+
+
+def machine_facts(device: torch.device, world: int) -> dict[str, Any]:
+    """What the run trained on, for its records (no host name): CPU, cores, torch threads, device."""
+    import platform
+
+    facts: dict[str, Any] = {"cpu": platform.machine(), "cpu_cores": os.cpu_count(),
+                             "torch_threads": torch.get_num_threads(), "device": device.type, "processes": world,
+                             "torch": torch.__version__}
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+    return facts
 
 
 def open_prepared_store(store: Path):
@@ -84,7 +99,9 @@ def _dist_setup(device: str | None) -> tuple[int, int, int, torch.device]:
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = require_device(device)
+    if dev.type == "cuda" and dev.index is None:  # plain "cuda": this rank's GPU
+        dev = torch.device("cuda", local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
@@ -121,6 +138,8 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
     ``init_from``: a run dir whose weights (and G1 stage) start this run (fine-tuning)."""
     store, run_dir = Path(store), Path(run_dir)
     t = cfg.train
+    if device is not None:
+        require_device(device)  # before anything is read or written
     group = open_prepared_store(store)
     meta = read_meta(group)
     radiometry, edge_params = meta.radiometry, meta.prepare.edges()
@@ -169,7 +188,7 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
     last_losses: dict[str, float] = {}
     samples: list[str] = []
     status = "completed"
-    start_step, t0 = st.step, time.perf_counter()
+    start_step, t0, seconds0 = st.step, time.perf_counter(), st.seconds
     sample_items = [val_ds[i] for i in val_keep[:4]]
 
     def checkpoint() -> None:
@@ -207,6 +226,7 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
             for batch in batch_iterator(train_ds, batches, st.batch, num_workers=t.num_workers,
                                         pin_memory=dev.type == "cuda"):
                 last_losses = trainer.train_step(batch)
+                st.seconds = seconds0 + time.perf_counter() - t0
                 st.batch += 1
                 if st.batch >= len(batches):
                     st.epoch, st.batch = st.epoch + 1, 0
@@ -223,7 +243,7 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
                         save_best(run_dir, payload, step=st.step)
                 if runlog is not None and st.step % t.log_every == 0:
                     logged = {**last_losses, **{f"val_{k}": v for k, v in validation.items()}}
-                    runlog.log(st.step, logged, stage=st.stage, epoch=st.epoch)
+                    runlog.log(st.step, logged, stage=st.stage, epoch=st.epoch, seconds=round(st.seconds, 2))
                     validation = {}
                 if bar is not None:
                     bar.update(task, completed=st.step, info=" ".join(f"{k}={v:.3f}" for k, v in list(last_losses.items())[:4]))
@@ -250,7 +270,8 @@ def train(store: str | Path, run_dir: str | Path, cfg: ModelConfig, *, resume: b
         run_dir=str(run_dir), status=status, steps=st.step, epochs=st.epoch, stage=st.stage,
         stage_switch_step=st.stage_switch_step, held_out_start=held_out_start, held_out_end=held_out_end,
         last_losses=last_losses, images_per_s=world_images / seconds if seconds > 0 else 0.0, seconds=seconds,
-        world_size=world, device=str(dev), data_version=data_version, warnings=trainer.warnings,
+        world_size=world, device=str(dev), data_version=data_version, train_seconds=st.seconds,
+        machine=machine_facts(dev, world), warnings=trainer.warnings,
         events=list(st.events), samples=samples)
     if rank == 0:
         if not samples or not samples[-1].endswith(f"step-{st.step}.png"):
@@ -267,6 +288,8 @@ def run_training(cfg: TrainRunConfig) -> dict[str, Any]:
     flow): ``cfg.nproc`` > 1 launches that many ranks through torchrun (:func:`models.ddp.launch_training`,
     the one place torchrun is started) and reads the run's summary back; otherwise trains in this
     process (a torchrun rank is such a process). Returns ``asdict(TrainSummary)``."""
+    if cfg.device is not None:
+        require_device(cfg.device)  # here, not in each torchrun rank
     if cfg.nproc > 1:
         from models.ddp import launch_training
 

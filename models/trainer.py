@@ -42,6 +42,7 @@ class TrainState:
     events: list[str] = field(default_factory=list)
     best_step: int | None = None        # step of the best validation hole PSNR so far (checkpoints/best.pt)
     best_value: float | None = None
+    seconds: float = 0.0                # training wall time up to ``step``, over every session (resumes)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -297,7 +298,7 @@ class Trainer:
         rng_per_rank = rng_per_rank or [self.rng_state()]
         return {"architecture_hash": self.cfg.architecture_hash(), "epoch": st.epoch, "stage": st.stage,
                 "stage_switch_step": st.stage_switch_step, "events": list(st.events),
-                "best": {"step": st.best_step, "value": st.best_value},
+                "best": {"step": st.best_step, "value": st.best_value}, "seconds": st.seconds,
                 "data_position": {"epoch": st.epoch, "batch": st.batch},
                 "models": {k: unwrap(v).state_dict() for k, v in self.nets.items()},
                 **({"ema": {k: dict(v) for k, v in self.ema.items()}} if self.ema else {}),
@@ -327,5 +328,6 @@ class Trainer:
         self.state.events = list(ckpt.get("events", []))
         best = ckpt.get("best") or {}
         self.state.best_step, self.state.best_value = best.get("step"), best.get("value")
+        self.state.seconds = float(ckpt.get("seconds", 0.0))
         per_rank = ckpt.get("rng_per_rank") or []
         self.set_rng_state(per_rank[rank] if len(per_rank) == world else ckpt.get("rng", {}))

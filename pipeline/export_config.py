@@ -19,6 +19,7 @@ DEFAULT_AOI_DIR = CATALOG_DIR / "aois"
 TOA_COLLECTION = "LANDSAT/LE07/C02/T1_TOA"
 SR_COLLECTION = "LANDSAT/LE07/C02/T1_L2"
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
+STANDARD_URL = "https://earthengine.googleapis.com"  # the earthengine-api client's default endpoint
 SLC_FAILURE_DATE = "2003-05-31"
 #: computePixels refuses a request whose pixels exceed 48 MiB ("Total request size (N bytes) must be less
 #: than or equal to 50331648 bytes."); Earth Engine counts width x height x sum over bands of (itemsize + 1),
@@ -59,7 +60,8 @@ class ExportConfig(BaseModel):
     # earth engine source
     project: str | None = Field(None, description="Earth Engine Cloud project")
     key: Path | None = Field(None, description="service-account JSON key (else $EDGEFILL_EE_KEY / $GOOGLE_APPLICATION_CREDENTIALS)")
-    api_url: str | None = Field(None, description="Earth Engine endpoint; None = the standard one")
+    api_url: str | None = Field(None, description="Earth Engine endpoint; None = the standard one (or the "
+                                "high-volume one with high_volume)")
     high_volume: bool = Field(False, description="use the Earth Engine high-volume endpoint")
     product: Literal["toa", "sr"] = Field("toa", description="toa (Collection 2 TOA) or sr (Collection 2 L2 SR)")
     aois: list[Path] | None = Field(None, description="GeoJSON AOI files (default: data_catalog/aois/*.geojson)")

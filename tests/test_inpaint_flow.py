@@ -14,6 +14,23 @@ from typer.testing import CliRunner
 from inpaint_support import SLC_A, SLC_B, real_gap_mask, stack_scene, tiny_run  # noqa: F401
 
 
+def _assert_filled_as_reported(src: Path, result: dict) -> None:
+    """The flow's summary describes its files: the filled mask counts ``filled_pixels``, the output
+    keeps every other pixel of the input bit for bit and fills every hole with valid values, and the
+    STAC item points at these files on the input's grid."""
+    with rasterio.open(src) as i, rasterio.open(result["output"]) as o, rasterio.open(result["filled_mask"]) as m:
+        before, after, filled = i.read(), o.read(), m.read(1).astype(bool)
+        assert (o.crs, o.transform, o.shape) == (i.crs, i.transform, i.shape)
+    assert result["filled_pixels"] == int(filled.sum()) > 0
+    np.testing.assert_array_equal(after[:, ~filled], before[:, ~filled])
+    holes = (before == 0).all(axis=0)                  # the input's DN-0 fill
+    assert (after[:, holes & filled] > 0).all()        # filled holes now hold values
+    item = json.loads(Path(result["stac_item"]).read_text())
+    assert item["properties"]["proj:shape"] == list(before.shape[1:])
+    hrefs = {a["href"] for a in item["assets"].values()}
+    assert {f"./{Path(result['output']).name}", f"./{Path(result['filled_mask']).name}"} <= hrefs
+
+
 @pytest.mark.slow
 def test_flows_fan_out_one_run_per_scene(tmp_path, tiny_run, prefect_harness):
     from flows.inpaint import deployments, inpaint_scene_flow, inpaint_scenes_flow
@@ -24,12 +41,20 @@ def test_flows_fan_out_one_run_per_scene(tmp_path, tiny_run, prefect_harness):
     b = stack_scene(SLC_B, tmp_path / "b.tif", window=Window(323, 0, 300, 300))
     single = inpaint_scene_flow(InpaintSceneConfig(input=a, output=tmp_path / "single" / "a.tif", model=str(tiny_run),
                                                    mask=MaskSource(kind="nodata", dilate=1)))
-    assert Path(single["output"]).is_file() and single["filled_pixels"] > 0
+    _assert_filled_as_reported(a, single)
+    # what was filled: this crop's real gaps (its DN-0 fill), dilated by one pixel
+    import cv2
+
+    gaps = real_gap_mask(SLC_A)[0:260, 0:300]
+    with rasterio.open(single["filled_mask"]) as m:
+        filled = m.read(1).astype(bool)
+    assert gaps.sum() > 1000
+    np.testing.assert_array_equal(filled, cv2.dilate(gaps.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool))
     results = inpaint_scenes_flow(InpaintScenesConfig(inputs=[a, b], output_dir=tmp_path / "many", model=str(tiny_run),
                                                       mask=MaskSource(kind="slc_off")))
     assert [Path(r["output"]).name for r in results] == ["a_inpainted.tif", "b_inpainted.tif"]
-    for r in results:
-        assert Path(r["stac_item"]).is_file() and Path(r["filled_mask"]).is_file()
+    for src, r in zip((a, b), results):
+        _assert_filled_as_reported(src, r)
 
     import asyncio
 

@@ -12,6 +12,7 @@ from rio_cogeo.cogeo import cog_validate
 from inpaint_support import SLC_A, CallCounter, real_gap_mask, stack_scene, tiny_bundle, tiny_run  # noqa: F401
 from models.inference import TilingConfig, inpaint_array, model_fill_fn
 from models.inpaint_scene import InpaintSceneConfig, inpaint_scene
+from models.metrics import ssim as metrics_ssim
 from models.scene_demo import real_gap_pattern, run_everest_demo, write_gapped_everest
 from pipeline.scene_masks import MaskSource
 from pipeline.scenes import get_scene, read_scene
@@ -62,8 +63,22 @@ def test_everest_demo_real_gap_pattern(tmp_path, tiny_bundle, capsys):
         assert o.transform == g.transform and o.descriptions == ("B3", "B2", "B1")
         out = o.read()
     np.testing.assert_array_equal(out[:, ~hole], truth[:, ~hole])
-    for method in ("model", "gdal_fillnodata"):
-        assert np.isfinite(result["metrics"][method]["psnr"]) and -1 <= result["metrics"][method]["ssim"] <= 1
+    # the reported scores are those of the written files against the truth, on the hole pixels
+    from skimage.metrics import structural_similarity
+
+    with rasterio.open(result["fillnodata"]) as f:
+        gdal = f.read()
+    for method, written in (("model", out), ("gdal_fillnodata", gdal)):
+        err = written[:, hole].astype(np.float64) / 255 - truth[:, hole].astype(np.float64) / 255
+        assert result["metrics"][method]["psnr"] == pytest.approx(-10 * np.log10(np.mean(err ** 2)), abs=1e-9)
+        _, ssim_map = structural_similarity(written.astype(np.float64) / 255, truth.astype(np.float64) / 255,
+                                            channel_axis=0, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                            use_sample_covariance=False, full=True)
+        inner = hole.copy()  # away from the border, where skimage pads differently
+        inner[:5], inner[-5:], inner[:, :5], inner[:, -5:] = False, False, False, False
+        w01, t01 = written.astype(np.float64) / 255, truth.astype(np.float64) / 255
+        assert result["metrics"][method]["ssim"] == pytest.approx(metrics_ssim(w01, t01, hole), abs=1e-9)
+        assert metrics_ssim(w01, t01, inner) == pytest.approx(ssim_map.mean(axis=0)[inner].mean(), abs=1e-3)
     assert result["metrics"]["gdal_fillnodata"]["psnr"] > 15  # thin stripes interpolate well
     printed = capsys.readouterr().out
     assert "GDAL FillNodata" in printed and result["inpainted"] in printed
@@ -139,3 +154,32 @@ def test_uint16_scene_window_and_dilate(tmp_path, tiny_bundle):
     np.testing.assert_array_equal(filled, cv2.dilate(hole.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool))
     np.testing.assert_array_equal(result[:, ~filled], data[:, ~filled])
     assert 2000 < np.median(result[:, filled]) < 40000  # back in uint16 DN, not 8-bit values
+
+
+def test_progress_through_inpaint_scene_and_the_cli_off_a_terminal(tmp_path, tiny_run, tiny_bundle, monkeypatch):
+    """inpaint_scene reports the tiles it dealt with, in order, ending at all of the grid's tiles;
+    `edgefill inpaint` whose stderr is not a terminal (a log file, CI) prints progress lines there,
+    and stdout stays the JSON summary alone."""
+    from typer.testing import CliRunner
+
+    from flows import cli
+
+    src = stack_scene(SLC_A, tmp_path / "slc.tif")  # 727 x 727: a 4 x 4 grid of 256 px tiles
+    calls = []
+    summary = inpaint_scene(InpaintSceneConfig(input=src, output=tmp_path / "a" / "out.tif"), bundle=tiny_bundle,
+                            on_progress=lambda done, total: calls.append((done, total)))
+    assert summary.tiles_total == 16 and summary.tiles_run == 16  # SLC-off stripes cross every tile
+    assert calls[0] == (0, 16) and calls[-1] == (16, 16) and {t for _, t in calls} == {16}
+    assert all(b[0] > a[0] for a, b in zip(calls, calls[1:]))
+    assert calls == [(0, 16), (4, 16), (8, 16), (12, 16), (16, 16)]  # a batch of 4 (the CPU default) per tile row
+
+    for var in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(var, raising=False)
+    res = CliRunner().invoke(cli.app, ["inpaint", str(src), str(tmp_path / "b" / "out.tif"), "--model", str(tiny_run)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["tiles_run"] == 16
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("inpaint: ")]
+    assert lines[0].startswith("inpaint: 0/16 tiles (0%)") and lines[-1].startswith("inpaint: 16/16 tiles (100%)")
+    assert 3 <= len(lines) <= 11, lines  # a line per 10 % at most (and per 30 s)
+    done = [int(ln.split()[1].split("/")[0]) for ln in lines]
+    assert done == sorted(set(done))

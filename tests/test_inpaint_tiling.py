@@ -123,3 +123,61 @@ def test_bf16_autocast_path_matches_float32(tiny_bundle):
     half = model_fill_fn(tiny_bundle, bf16=True)(x, m, e)
     assert half.dtype == np.float32 and half.shape == (1, 3, 256, 256)
     assert np.abs(full - half).mean() < 0.02
+
+
+def test_progress_counts_every_tile_once_in_order():
+    """on_progress(done, total): starts at 0, never goes back, advances by each model batch right
+    after it ran and by the tiles skipped for want of a hole, and ends at (total, total) with
+    total = the grid's tiles; the model batches add up to the tiles run."""
+    from models.inference import inpaint_strips
+
+    rgb, _ = _everest_512()
+    rgb = rgb[:, :, :500]
+    hole = np.zeros((512, 500), bool)
+    hole[20:30, 20:30] = True     # the top-left tile only
+    hole[300:310, :] = True       # every tile of the lower rows
+    events = []
+
+    def fill(x, m, e):
+        events.append(("fill", len(x)))
+        return x
+
+    stats = InferenceStats()
+    reader = lambda r0, r1: (rgb[:, r0:r1], hole[r0:r1], hole[r0:r1])  # noqa: E731
+    strips = inpaint_strips(reader, 512, 500, fill, RAD.to_unit, tiling=TilingConfig(tile=128, overlap=32,
+                                                                                     batch_size=3), stats=stats,
+                            on_progress=lambda done, total: events.append(("progress", done, total)))
+    for _ in strips:
+        pass
+    progress = [e for e in events if e[0] == "progress"]
+    assert progress[0] == ("progress", 0, stats.tiles_total) and progress[-1][1:] == (stats.tiles_total,) * 2
+    assert {p[2] for p in progress} == {stats.tiles_total} == {25}  # a 5 x 5 grid, known from the start
+    done = [p[1] for p in progress]
+    assert all(b > a for a, b in zip(done, done[1:]))  # each call reports new tiles
+    batched = 0
+    for i, e in enumerate(events):
+        if e[0] == "fill":  # the next report adds exactly this batch
+            prev = max((p[1] for p in events[:i] if p[0] == "progress"), default=0)
+            assert events[i + 1][0] == "progress" and events[i + 1][1] - prev == e[1] <= 3
+            batched += e[1]
+    assert batched == stats.tiles_run and 1 < stats.tiles_run < stats.tiles_total
+
+
+def test_progress_lines_are_rate_limited_and_end_with_the_total():
+    from models.inference import ProgressLines
+
+    lines, now = [], [0.0]
+    report = ProgressLines(lines.append, label="inpaint", step=0.25, every_s=30.0, clock=lambda: now[0])
+    for done in range(0, 101):  # 101 calls, 1 s apart
+        now[0] = float(done)
+        report(done, 100)
+    assert lines == ["inpaint: 0/100 tiles (0%), 0 s", "inpaint: 25/100 tiles (25%), 25 s",
+                     "inpaint: 50/100 tiles (50%), 50 s", "inpaint: 75/100 tiles (75%), 75 s",
+                     "inpaint: 100/100 tiles (100%), 100 s"]
+    lines.clear()
+    slow = ProgressLines(lines.append, step=0.5, every_s=30.0, clock=lambda: now[0])
+    for done, t in ((0, 0), (1, 10), (2, 31), (3, 45), (4, 62), (100, 70), (100, 80)):
+        now[0] = float(t)
+        slow(done, 100)
+    # a line at least every 30 s even when the fraction creeps; the end said once
+    assert [ln.split(":")[1].split(" tiles")[0].strip() for ln in lines] == ["0/100", "2/100", "4/100", "100/100"]

@@ -26,19 +26,41 @@ def test_g1_takes_only_mask_and_masked_edges_and_uses_spectral_norm():
     assert not any(hasattr(m, "parametrizations") for m in g2.modules())
 
 
-def test_tiny_shapes_and_ranges():
+def _changed(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual-fill"])
+def test_tiny_shapes_and_every_input_matters(residual):
+    """Each generator's output depends on each of its inputs (a network that dropped one, e.g. G2
+    ignoring the edges G1 completed, fails), sample by sample (no mixing across the batch)."""
     cfg = ModelConfig.tiny()
+    if residual:
+        cfg = cfg.model_copy(update={"g2_residual_fill": True, "g2_normalise": True})
     torch.manual_seed(0)
-    g1, g2, d = EdgeGenerator(cfg), InpaintGenerator(cfg), Discriminator(3, cfg)
+    g1, g2, d = EdgeGenerator(cfg).eval(), InpaintGenerator(cfg).eval(), Discriminator(3, cfg)
+    if residual:  # the residual head starts at zero (G2 = the harmonic fill): give it weights to test
+        torch.nn.init.normal_(g2.body[-1].weight, std=0.05)
     mask = (torch.rand(2, 1, 64, 64) > 0.6).float()
     edges = (torch.rand(2, 1, 64, 64) > 0.9).float()
-    e = g1(edges * (1 - mask), mask)
-    assert e.shape == (2, 1, 64, 64) and 0 <= e.min() and e.max() <= 1
     rgb = torch.rand(2, 3, 64, 64)
-    out = g2(rgb * (1 - mask), e, mask)
-    assert out.shape == (2, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
+    other_mask = torch.roll(mask, 7, dims=-1)
+    with torch.no_grad():
+        e = g1(edges * (1 - mask), mask)
+        assert e.shape == (2, 1, 64, 64)
+        assert _changed(e, g1(torch.flip(edges, [-1]) * (1 - mask), mask)) > 1e-3           # the known edges
+        assert _changed(e, g1(edges * (1 - other_mask), other_mask)) > 1e-3                 # the mask
+        out = g2(rgb * (1 - mask), e, mask)
+        assert out.shape == (2, 3, 64, 64)
+        hole = mask.bool().expand_as(out)
+        assert _changed(out[hole], g2(torch.flip(rgb, [-1]) * (1 - mask), e, mask)[hole]) > 1e-3  # known pixels
+        assert _changed(out[hole], g2(rgb * (1 - mask), 1 - e, mask)[hole]) > 1e-3           # G1's edges
+        assert _changed(out, g2(rgb * (1 - other_mask), e, other_mask)) > 1e-3              # the mask
+        alone = g2(rgb[1:] * (1 - mask[1:]), e[1:], mask[1:])                               # batch-independent
+        torch.testing.assert_close(out[1:], alone, atol=1e-5, rtol=1e-5)
     logits, feats = d(out)
     assert logits.shape == (2, 1, 6, 6) and len(feats) == 5 and feats[-1] is logits
+    assert _changed(logits, d(torch.flip(out, [-1]))[0]) > 1e-4
 
 
 def test_generators_ignore_what_the_hole_holds():

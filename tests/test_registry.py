@@ -118,3 +118,16 @@ def test_shipped_default_is_current_until_a_user_model_is_promoted(registry, tmp
     assert not (shipped / better).exists() and "landsat-test-v1" in list_models()  # shipped dir stays read-only
     with pytest.raises(ValueError, match="already registered .* or shipped"):
         register_model(_run(tmp_path, "x", 8)[0], name="landsat-test-v1")
+
+
+def test_a_fine_tune_of_a_shipped_model_gets_the_next_free_version(registry, tmp_path, monkeypatch):
+    """Retraining the shipped default (a fresh install's `current`) registers a run of the shipped
+    model's preset: its automatic name must skip the shipped name, not collide with it."""
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(reg, "SHIPPED_DIR", shipped)
+    ship_model(_run(tmp_path, "to-ship", 5)[0], "tiny-v1", checkpoint="last.pt", metrics={"hole_psnr": 25.0},
+               card="# card\n", dest=shipped)
+    entry = register_model(_run(tmp_path, "fine-tuned", 6)[0], metrics={"hole_psnr": 20.0})
+    assert entry["name"] == "tiny-v2" and entry["version"] == 2
+    assert resolve_model("tiny-v2") == registry / "tiny-v2" and resolve_model("tiny-v1") == shipped / "tiny-v1"
+    assert register_model(_run(tmp_path, "next", 7)[0], metrics={"hole_psnr": 21.0})["name"] == "tiny-v3"

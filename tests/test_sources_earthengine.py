@@ -357,3 +357,138 @@ def test_concurrent_requests_are_capped(tmp_path):
 def test_request_rate_is_paced(tmp_path):
     elapsed, _ = _timed_fetch(tmp_path, 0.02, 20, concurrency=10, max_requests_per_s=25.0)
     assert elapsed >= 19 / 25.0  # unpaced this takes ~0.1 s
+
+
+# --------------------------------------------------------------------------- Level-2 SR, endpoints
+
+def _sr_export(tmp_path, fake, count=4):
+    cfg = ee_config(tmp_path, fake.url, product="sr", count=count, concurrency=4)
+    summary = export_landsat(cfg, source=EarthEngineSource(cfg, credentials=TOKEN))
+    return cfg, summary
+
+
+def test_sr_export_records_its_radiometry_and_level2_pixels(tmp_path):
+    """``--product sr``: the Level-2 collection's SR_B3/SR_B2/SR_B1 DN land in the store unchanged,
+    and the store's typed metadata says how to read them (Collection 2 L2 scale and offset)."""
+    from fake_ee.server import SR_BIAS, SR_COLLECTION, SR_GAIN, SR_OFFSET, SR_SCALE
+    from pipeline.store import open_store, read_meta
+
+    with FakeEarthEngine() as fake:
+        cfg, summary = _sr_export(tmp_path, fake)
+    assert summary.n_valid >= 4 and summary.complete
+    meta = read_meta(open_store(cfg.out))
+    assert (meta.radiometry.dtype, meta.radiometry.scale, meta.radiometry.offset) == ("uint16", SR_SCALE, SR_OFFSET)
+    assert "surface reflectance" in meta.radiometry.description
+    assert meta.export_config["collection"] == SR_COLLECTION and meta.export_config["bands"] == ["SR_B3", "SR_B2", "SR_B1"]
+    g = zarr.open_group(str(cfg.out), mode="r")
+    valid = np.flatnonzero(g["valid"][:])
+    for i in valid:
+        epsg, t = int(g["epsg"][i]), g["transform"][i]
+        grid = {"dimensions": {"width": 256, "height": 256}, "crsCode": f"EPSG:{epsg}",
+                "affineTransform": dict(zip(("scaleX", "shearX", "translateX", "shearY", "scaleY", "translateY"), t))}
+        sr = render_window(f"{SR_COLLECTION}/{g['scene_id'][i]}", ["SR_B3", "SR_B2", "SR_B1"], grid)
+        np.testing.assert_array_equal(g["images"][i], np.stack([sr[b] for b in ("SR_B3", "SR_B2", "SR_B1")]))
+        # read with the recorded scale/offset, the stored DN are the surface reflectance of the same pixels' TOA
+        toa = render_window(f"LANDSAT/LE07/C02/T1_TOA/{g['scene_id'][i]}", ["B3", "B2", "B1"], grid)
+        want = SR_GAIN * np.stack([toa[b] for b in ("B3", "B2", "B1")]).astype(np.float64) + SR_BIAS
+        got = meta.radiometry.to_unit(g["images"][i])
+        inside = want > 0.001  # to_unit clips at 0
+        np.testing.assert_allclose(got[inside], want[inside], atol=SR_SCALE)
+
+
+def test_a_dn_trained_model_fills_an_sr_scene_in_its_own_units(tmp_path):
+    """A Level-2 SR patch (uint16 DN with its scale/offset tags) through the shipped model, trained on
+    8-bit DN: the filled values are SR DN of the scene's range (per-scene stretch there and back),
+    close to the truth, and every other pixel, the dtype and the tags are the input's."""
+    import rasterio
+    from affine import Affine
+
+    from fake_ee.server import SR_OFFSET, SR_SCALE
+    from models.inpaint_scene import InpaintSceneConfig, inpaint_scene
+    from models.registry import SHIPPED_DIR, shipped_index
+
+    with FakeEarthEngine() as fake:
+        cfg, _ = _sr_export(tmp_path, fake)
+    g = zarr.open_group(str(cfg.out), mode="r")
+    i = int(np.flatnonzero(g["valid"][:])[0])
+    truth = np.asarray(g["images"][i])
+    assert truth.min() > 0 and 5000 < np.median(truth) < 30000  # Level-2 DN, not 8-bit values
+    hole = np.zeros((256, 256), bool)
+    hole[:, 120:130] = True  # a scan-gap-like stripe
+    src = tmp_path / "sr_scene.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=256, height=256, count=3, dtype="uint16", nodata=0,
+                       crs=f"EPSG:{int(g['epsg'][i])}", transform=Affine(*g["transform"][i])) as dst:
+        dst.write(np.where(hole, 0, truth).astype(np.uint16))
+        dst.scales, dst.offsets = (SR_SCALE,) * 3, (SR_OFFSET,) * 3
+    model = SHIPPED_DIR / shipped_index()["default"]
+    summary = inpaint_scene(InpaintSceneConfig(input=src, output=tmp_path / "out" / "sr_filled.tif", model=str(model)))
+    with rasterio.open(summary.output) as o:
+        out = o.read()
+        assert o.dtypes == ("uint16",) * 3 and o.scales == (SR_SCALE,) * 3 and o.offsets == (SR_OFFSET,) * 3
+    assert summary.filled_pixels == int(hole.sum()) and "per-scene stretch of uint16" in summary.radiometry["description"]
+    np.testing.assert_array_equal(out[:, ~hole], truth[:, ~hole])
+    known = truth[:, ~hole]
+    assert known.min() <= out[:, hole].min() and out[:, hole].max() <= known.max()  # the scene's SR DN range
+    err = np.abs(out[:, hole].astype(np.float64) - truth[:, hole]).mean()
+    constant = np.abs(known.mean(axis=1, keepdims=True) - truth[:, hole]).mean()
+    assert err < 0.9 * constant, (err, constant)  # a fill of the scene, not of some other scale
+
+
+class _Route:
+    """The network for Earth Engine's public hosts in a test: requests the genuine client sends to
+    ``https://earthengine[-highvolume].googleapis.com`` are answered by the fake server (a transport
+    adapter on the client's own session, standing in for DNS and TLS) and the URLs are recorded."""
+
+    HOSTS = ("https://earthengine-highvolume.googleapis.com", "https://earthengine.googleapis.com")
+
+    def __init__(self, fake_url: str):
+        import requests
+
+        routed = self.urls = []
+
+        class Adapter(requests.adapters.HTTPAdapter):
+            def send(self, request, **kw):
+                routed.append(request.url)
+                host = next(h for h in _Route.HOSTS if request.url.startswith(h))
+                request.url = fake_url + request.url[len(host):]
+                return super().send(request, **kw)
+
+        self.session = requests.Session()
+        for host in self.HOSTS:  # longer prefixes than the source's own "https://" adapter: these win
+            self.session.mount(host + "/", Adapter())
+
+
+@pytest.fixture
+def routed_ee():
+    import ee
+
+    state = ee.data._get_state()  # noqa: SLF001
+    saved = state.requests_session
+    with FakeEarthEngine() as fake:
+        route = _Route(fake.url)
+        state.requests_session = route.session  # the genuine client sends everything through it
+        try:
+            yield fake, route
+        finally:
+            state.requests_session = saved
+
+
+def test_high_volume_selects_the_high_volume_endpoint_and_the_default_the_standard_one(tmp_path, routed_ee):
+    """No ``api_url``: ``--high-volume`` initialises the genuine client at Earth Engine's high-volume
+    endpoint and every request goes there; without it, at the standard endpoint, even after a
+    high-volume session in the same process."""
+    import ee
+
+    from pipeline.export_config import HIGH_VOLUME_URL, STANDARD_URL
+
+    fake, route = routed_ee
+    for high_volume, host in ((True, HIGH_VOLUME_URL), (False, STANDARD_URL)):
+        route.urls.clear()
+        before = fake.counts["computePixels"]
+        src = EarthEngineSource(ee_config(tmp_path, None, high_volume=high_volume, max_cloud_fraction=1.0),
+                                credentials=TOKEN)
+        patch = src.fetch(a_request())
+        assert patch.skip is None and patch.pixels.dtype == np.uint16
+        assert ee.data._get_state().cloud_api_base_url == host  # noqa: SLF001
+        assert route.urls and all(u.startswith(host + "/") for u in route.urls), route.urls
+        assert any(":computePixels" in u for u in route.urls) and fake.counts["computePixels"] == before + 1

@@ -31,9 +31,31 @@ def test_short_real_run_writes_the_run_dir(trained_run):
     assert ckpt["step"] == 30 and set(ckpt["models"]) == {"g1", "g2", "d1", "d2"} and "optimizers" in ckpt
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt")) == ["step-10.pt", "step-20.pt", "step-30.pt"]
     assert [h["step"] for h in read_history(run_dir)] == list(range(1, 31))
-    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    # TensorBoard holds every logged scalar at every logged step, the values of history.jsonl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    history = read_history(run_dir)
+    tb = EventAccumulator(str(run_dir / "tb"))
+    tb.Reload()
+    logged = {k for h in history for k in h} - {"step", "stage", "epoch", "seconds"}
+    seconds = [h["seconds"] for h in history]  # the run's wall time at each step
+    assert all(b >= a for a, b in zip(seconds, seconds[1:])) and 0 < seconds[-1] <= summary.train_seconds + 0.005
+    assert {"g1", "d1", "g2", "d2"} <= logged and set(tb.Tags()["scalars"]) == logged
+    for tag in logged:
+        expected = [(h["step"], h[tag]) for h in history if tag in h]
+        events = [(e.step, e.value) for e in tb.Scalars(tag)]
+        assert [s for s, _ in events] == [s for s, _ in expected], tag
+        np.testing.assert_allclose([v for _, v in events], [v for _, v in expected], rtol=1e-6, err_msg=tag)
     assert (run_dir / "samples" / "step-30.png").stat().st_size > 1000
-    assert (run_dir / "samples" / "losses.png").exists()
+    from PIL import Image
+
+    with Image.open(run_dir / "samples" / "losses.png") as plot:  # one panel per loss curve, 80 dpi
+        assert plot.format == "PNG" and plot.height == 224
+        panels = len([k for k in ("g1", "d1", "g2", "d2", "hole_l1", "edge_mape", "val_hole_psnr", "val_edge_mape")
+                      if k in logged])
+        assert panels >= 4 and plot.width == int(3.2 * 80 * panels)
+        pixels = np.asarray(plot.convert("L"))
+    assert len(np.unique(pixels)) > 20 and (pixels < 128).mean() > 0.005  # drawn curves and labels, not a blank page
     metrics = json.loads((run_dir / "metrics.json").read_text())["training"]
     assert metrics["held_out_end"]["hole_l1"] == pytest.approx(summary.held_out_end["hole_l1"])
     bundle = load_inference_bundle(run_dir)

@@ -20,7 +20,8 @@
 * Scenes: ``ee.data.listImages`` over each AOI and the date window, CLOUD_COVER filtered.
 * Auth (headless): service-account JSON key from ``config.key`` / ``$EDGEFILL_EE_KEY`` /
   ``$GOOGLE_APPLICATION_CREDENTIALS`` -> ``ee.ServiceAccountCredentials``; the key is never
-  logged nor written anywhere. ``high_volume`` uses the high-volume endpoint.
+  logged nor written anywhere. Endpoint: ``api_url``, else the high-volume one with ``high_volume``,
+  else the standard one, always passed explicitly to ``ee.Initialize``.
 * Concurrency: one thread pool per source; a semaphore keeps at most ``concurrency`` (<= 40)
   requests on the wire while other threads decode and cut finished responses, and request starts
   are paced to ``max_requests_per_s`` (< Earth Engine's 100/s per project).
@@ -48,7 +49,7 @@ import numpy as np
 import shapely.geometry
 
 from pipeline.aoi import AOI, assign_splits, grid_cells, read_aois, to_utm, utm_epsg
-from pipeline.export_config import HIGH_VOLUME_URL, ExportConfig, ExportError
+from pipeline.export_config import HIGH_VOLUME_URL, STANDARD_URL, ExportConfig, ExportError
 from pipeline.qa import qa_cloud_mask
 from pipeline.sampling import group_blocks, interleave
 from pipeline.sources.base import Patch, PatchRequest, SourceError
@@ -332,8 +333,9 @@ class EarthEngineSource:
 
     # -- session ------------------------------------------------------------------------
     @property
-    def url(self) -> str | None:
-        return self.config.api_url or (HIGH_VOLUME_URL if self.config.high_volume else None)
+    def url(self) -> str:
+        """The endpoint, always explicit: the client keeps a previous ``Initialize``'s URL when given none."""
+        return self.config.api_url or (HIGH_VOLUME_URL if self.config.high_volume else STANDARD_URL)
 
     def initialize(self) -> None:
         """``ee.Initialize`` once (credentials, project, endpoint); clear errors otherwise."""
@@ -361,8 +363,7 @@ class EarthEngineSource:
                 if ee.data._get_state().deadline_ms != deadline_ms:  # noqa: SLF001
                     ee.data.setDeadline(deadline_ms)
             except Exception as exc:
-                where = self.url or "the default Earth Engine endpoint"
-                raise EarthEngineError(f"cannot initialize Earth Engine at {where}: {type(exc).__name__}: "
+                raise EarthEngineError(f"cannot initialize Earth Engine at {self.url}: {type(exc).__name__}: "
                                        f"{str(exc)[:300]}") from exc
             session = ee.data._get_state().requests_session  # noqa: SLF001 - connection pool sized to concurrency
             if session is not None:

@@ -12,6 +12,12 @@ Answers what ``ee.Initialize`` / ``ee.data.listImages`` / ``ee.data.computePixel
   of the real bundled scene behind the asset (TOA float32 = DN / 255 * 0.5, QA_PIXEL bit 0 =
   fill outside the image, bit 3 = cloud on saturated pixels), as ``NPY`` (structured array, one
   field per band) or ``GEO_TIFF`` (one GeoTIFF band per image band, the bands' common dtype);
+* two collections: Collection 2 TOA (:data:`COLLECTION`, bands B3/B2/B1 float32 + QA_PIXEL) and
+  Collection 2 Level-2 (:data:`SR_COLLECTION`, the same images: bands SR_B3/SR_B2/SR_B1 uint16 +
+  QA_PIXEL). Surface reflectance is derived from the same TOA by a plausible linear atmospheric
+  correction, ``sr = SR_GAIN * toa + SR_BIAS`` (0.95 x TOA - 0.01: a little path radiance removed),
+  stored as Collection 2 L2 DN: ``round((sr - SR_OFFSET) / SR_SCALE)`` with SR_SCALE 2.75e-05 and
+  SR_OFFSET -0.2 (USGS's scale/offset), clipped to 1..65535, 0 = fill outside the image;
 * ``POST /token`` - OAuth token endpoint for service-account keys whose ``token_uri`` points here.
 
 Quotas, as Earth Engine enforces them per project (each rejection is counted in ``rejected``):
@@ -51,6 +57,9 @@ from pyproj import Transformer
 from pipeline.scenes import read_scene
 
 COLLECTION = "LANDSAT/LE07/C02/T1_TOA"
+SR_COLLECTION = "LANDSAT/LE07/C02/T1_L2"
+SR_SCALE, SR_OFFSET = 2.75e-05, -0.2  # Collection 2 Level-2 surface reflectance = DN x scale + offset
+SR_GAIN, SR_BIAS = 0.95, -0.01        # the fake's atmospheric correction: sr = 0.95 x toa - 0.01
 MAX_REQUEST_BYTES = 48 * 2**20
 #: Windows up to this many pixels a side are served by one slice of the (wrapped) evaluated scene.
 WRAP_MARGIN = 2048
@@ -58,13 +67,15 @@ SOURCE_BANDS = ("B3", "B2", "B1", "QA_PIXEL")
 
 
 class FakeImage(NamedTuple):
-    """A fake Earth Engine image: its bundled 30 m scene, acquisition date, CLOUD_COVER (%), and how
-    many copies of the scene it spans along each axis (``tiles`` > 1: pixels wrap around)."""
+    """A fake Earth Engine image: its bundled 30 m scene, acquisition date, CLOUD_COVER (%), how
+    many copies of the scene it spans along each axis (``tiles`` > 1: pixels wrap around) and its
+    product (``toa``: B3/B2/B1 float32, ``sr``: SR_B3/SR_B2/SR_B1 uint16; QA_PIXEL in both)."""
 
     scene: str
     date: str
     cloud: float
     tiles: int = 1
+    product: str = "toa"
 
 
 FAKE_IMAGES: dict[str, FakeImage] = {
@@ -73,6 +84,9 @@ FAKE_IMAGES: dict[str, FakeImage] = {
     f"{COLLECTION}/LE07_038034_20000818": FakeImage("LC08_038034_20150818_ZION", "2000-08-18", 8.0),
     f"{COLLECTION}/LE07_038034_20010821": FakeImage("LC08_038034_20150818_ZION", "2001-08-21", 55.0),
 }
+# the Level-2 twins of the TOA images: the same scenes and dates in the L2 collection
+FAKE_IMAGES.update({f"{SR_COLLECTION}/{iid.rsplit('/', 1)[1]}": image._replace(product="sr")
+                    for iid, image in list(FAKE_IMAGES.items())})
 
 
 def _sig(name: str, args: list[tuple[str, str, bool]]) -> dict:
@@ -162,20 +176,34 @@ def _grid(image: FakeImage) -> dict:
 
 
 @lru_cache(maxsize=8)
-def _source_bands(scene_id: str) -> dict[str, np.ndarray]:
-    """The fake image's bands over its scene: B3/B2/B1 TOA float32, QA_PIXEL uint16 (fill where the
-    scene has no data, cloud bit on saturated pixels)."""
+def _source_bands(scene_id: str, product: str = "toa") -> dict[str, np.ndarray]:
+    """The fake image's bands over its scene: B3/B2/B1 TOA float32 (``toa``) or SR_B3/SR_B2/SR_B1
+    Level-2 DN uint16 (``sr``, see the module docstring), QA_PIXEL uint16 (fill where the scene has
+    no data, cloud bit on saturated pixels)."""
     s = _scene(scene_id)
     rgb = np.where(s.valid, s.rgb, 0)
     qa = np.where(s.valid, 0, 1).astype(np.uint16)
     qa |= np.where(s.valid & (rgb.mean(axis=0) > 235), 1 << 3, 0).astype(np.uint16)
     bands = {b: (rgb[i] / 255.0 * 0.5).astype(np.float32) for i, b in enumerate(("B3", "B2", "B1"))}
+    if product == "sr":
+        bands = {f"SR_{b}": np.where(s.valid, sr_dn(toa), 0).astype(np.uint16) for b, toa in bands.items()}
     bands["QA_PIXEL"] = qa
     return bands
 
 
-FILL_PIXEL = {"B3": np.zeros((1, 1), np.float32), "B2": np.zeros((1, 1), np.float32),
-              "B1": np.zeros((1, 1), np.float32), "QA_PIXEL": np.ones((1, 1), np.uint16)}
+def sr_dn(toa: np.ndarray) -> np.ndarray:
+    """Level-2 surface reflectance DN (uint16) of the fake's TOA reflectance (module docstring)."""
+    sr = SR_GAIN * toa.astype(np.float64) + SR_BIAS
+    return np.clip(np.rint((sr - SR_OFFSET) / SR_SCALE), 1, 65535).astype(np.uint16)
+
+
+FILL_PIXELS = {
+    "toa": {"B3": np.zeros((1, 1), np.float32), "B2": np.zeros((1, 1), np.float32),
+            "B1": np.zeros((1, 1), np.float32), "QA_PIXEL": np.ones((1, 1), np.uint16)},
+    "sr": {"SR_B3": np.zeros((1, 1), np.uint16), "SR_B2": np.zeros((1, 1), np.uint16),
+           "SR_B1": np.zeros((1, 1), np.uint16), "QA_PIXEL": np.ones((1, 1), np.uint16)},
+}
+FILL_PIXEL = FILL_PIXELS["toa"]
 
 
 def _resolve(values: dict, node: Any) -> Any:
@@ -243,35 +271,36 @@ def _structured(bands: dict[str, np.ndarray]) -> np.ndarray:
     return out
 
 
-_EVALUATED: dict[tuple[str, str, bool], tuple[np.ndarray, np.ndarray]] = {}
+_EVALUATED: dict[tuple[str, str, bool, str], tuple[np.ndarray, np.ndarray]] = {}
 _EVALUATED_LOCK = threading.RLock()
 
 
-def evaluated_scene(scene_id: str, expression: str, wrapped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def evaluated_scene(scene_id: str, expression: str, wrapped: bool = False,
+                    product: str = "toa") -> tuple[np.ndarray, np.ndarray]:
     """(evaluated scene, evaluated fill pixel) as structured arrays for one expression (its JSON with
-    the asset id blanked: every image of a scene shares it); ``wrapped``: the scene tiled to
-    (H + WRAP_MARGIN, W + WRAP_MARGIN), so a window of repeating pixels is one slice. Cached."""
-    key = (scene_id, expression, wrapped)
+    the asset id blanked: every image of a scene and product shares it); ``wrapped``: the scene tiled
+    to (H + WRAP_MARGIN, W + WRAP_MARGIN), so a window of repeating pixels is one slice. Cached."""
+    key = (scene_id, expression, wrapped, product)
     with _EVALUATED_LOCK:  # one evaluation per key, even when many requests ask at once
         if key not in _EVALUATED:
             if wrapped:
-                scene, fill = evaluated_scene(scene_id, expression)
+                scene, fill = evaluated_scene(scene_id, expression, product=product)
                 h, w = scene.shape
                 reps = (-(-(h + WRAP_MARGIN) // h), -(-(w + WRAP_MARGIN) // w))
                 _EVALUATED[key] = (np.tile(scene, reps)[:h + WRAP_MARGIN, :w + WRAP_MARGIN].copy(), fill)
             else:
-                _EVALUATED[key] = _evaluate_scene(scene_id, expression)
+                _EVALUATED[key] = _evaluate_scene(scene_id, expression, product)
         return _EVALUATED[key]
 
 
-def _evaluate_scene(scene_id: str, expression: str) -> tuple[np.ndarray, np.ndarray]:
+def _evaluate_scene(scene_id: str, expression: str, product: str = "toa") -> tuple[np.ndarray, np.ndarray]:
     expr = json.loads(expression)
     values = expr["values"]
-    result = _evaluate(values, values[expr["result"]], _source_bands(scene_id))
-    fill = _evaluate(values, values[expr["result"]], FILL_PIXEL)
+    result = _evaluate(values, values[expr["result"]], _source_bands(scene_id, product))
+    fill = _evaluate(values, values[expr["result"]], FILL_PIXELS[product])
     if not isinstance(result, dict) or not result:
         raise RequestError(400, "computePixels needs an Image expression")
-    shape = _source_bands(scene_id)["QA_PIXEL"].shape
+    shape = _source_bands(scene_id, product)["QA_PIXEL"].shape
     return (_structured({k: np.broadcast_to(v, shape) for k, v in result.items()}),
             _structured({k: np.broadcast_to(v, (1, 1)) for k, v in fill.items()}))
 
@@ -293,7 +322,7 @@ def render(asset: str, expression: str, grid: dict) -> np.ndarray:
     at = grid["affineTransform"]
     rows = _indices(at["translateY"], at["scaleY"], h, s.transform.f, s.transform.e)
     cols = _indices(at["translateX"], at["scaleX"], w, s.transform.c, s.transform.a)
-    scene, fill = evaluated_scene(image.scene, expression)
+    scene, fill = evaluated_scene(image.scene, expression, product=image.product)
     H, W = scene.shape
     in_r = (rows >= 0) & (rows < H * image.tiles)
     in_c = (cols >= 0) & (cols < W * image.tiles)
@@ -301,7 +330,7 @@ def render(asset: str, expression: str, grid: dict) -> np.ndarray:
     if np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1) and r0 + h <= H and c0 + w <= W:
         out = scene[r0:r0 + h, c0:c0 + w].copy()  # consecutive pixels inside one copy of the scene: a slice
     elif np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1) and h <= WRAP_MARGIN and w <= WRAP_MARGIN:
-        out = evaluated_scene(image.scene, expression, wrapped=True)[0][r0:r0 + h, c0:c0 + w].copy()
+        out = evaluated_scene(image.scene, expression, wrapped=True, product=image.product)[0][r0:r0 + h, c0:c0 + w].copy()
     else:
         out = scene[(rows % H)[:, None], (cols % W)[None, :]]
     out[~in_r, :] = fill[0, 0]
@@ -317,8 +346,8 @@ def _select_expression(bands: list[str]) -> str:
 
 
 def render_window(asset: str, bands: list[str], grid: dict) -> np.ndarray:
-    """``Image(asset).select(bands)`` over ``grid`` as a structured array (TOA float32, QA_PIXEL uint16):
-    the reference tests compare exported pixels with."""
+    """``Image(asset).select(bands)`` over ``grid`` as a structured array (TOA float32 or SR DN uint16,
+    QA_PIXEL uint16): the reference tests compare exported pixels with."""
     return render(asset, _select_expression(bands), grid)
 
 
@@ -389,6 +418,13 @@ def _match(image_id: str, flt: dict) -> bool:
     return (all(image.date >= v for v in flt["start"]) and all(image.date < v for v in flt["end"])
             and all(image.cloud < v for v in flt["cloud"])
             and all(r.intersects(footprint_lonlat(image.scene, image.tiles)) for r in flt["regions"]))
+
+
+def _band_listing(product: str) -> list[tuple[str, str]]:
+    """(band id, precision) of an image's listed bands."""
+    if product == "sr":
+        return [("SR_B1", "INT"), ("SR_B2", "INT"), ("SR_B3", "INT"), ("QA_PIXEL", "INT")]
+    return [("B1", "FLOAT"), ("B2", "FLOAT"), ("B3", "FLOAT"), ("QA_PIXEL", "INT")]
 
 
 # --------------------------------------------------------------------------- server
@@ -510,8 +546,8 @@ class FakeEarthEngine:
                        "startTime": f"{FAKE_IMAGES[iid].date}T17:30:00Z",
                        "geometry": shapely.geometry.mapping(footprint_lonlat(FAKE_IMAGES[iid].scene, FAKE_IMAGES[iid].tiles)),
                        "properties": {"CLOUD_COVER": FAKE_IMAGES[iid].cloud},
-                       "bands": [{"id": b, "dataType": {"precision": "FLOAT"}, "grid": _grid(FAKE_IMAGES[iid])}
-                                 for b in ("B1", "B2", "B3")]}
+                       "bands": [{"id": b, "dataType": {"precision": precision}, "grid": _grid(FAKE_IMAGES[iid])}
+                                 for b, precision in _band_listing(FAKE_IMAGES[iid].product)]}
                       for iid in sorted(FAKE_IMAGES) if iid.startswith(parent + "/") and _match(iid, flt)]
             return self._json(h, {"assets": json.loads(json.dumps(images))})
         self._error(h, 404, f"fake Earth Engine has no GET {url.path}")
@@ -564,7 +600,7 @@ class FakeEarthEngine:
         if fmt not in ("NPY", "GEO_TIFF"):
             raise RequestError(400, f"fake server serves fileFormat NPY and GEO_TIFF, not {fmt}")
         dims = req["grid"]["dimensions"]
-        scene, _ = evaluated_scene(FAKE_IMAGES[asset].scene, expression)
+        scene, _ = evaluated_scene(FAKE_IMAGES[asset].scene, expression, product=FAKE_IMAGES[asset].product)
         size = int(dims["width"]) * int(dims["height"]) * sum(scene.dtype[k].itemsize + 1 for k in scene.dtype.names)
         if size > self.max_request_bytes:
             with self.lock:
@@ -577,7 +613,7 @@ class FakeEarthEngine:
         if fault == "garbage":
             return [b"this is not an NPY file" * 64], "application/octet-stream"
         image = FAKE_IMAGES[asset]
-        key = (image.scene, image.tiles, expression, json.dumps(req["grid"], sort_keys=True), fmt)
+        key = (image.scene, image.tiles, image.product, expression, json.dumps(req["grid"], sort_keys=True), fmt)
         with self.lock:
             if key in self._answers and fault is None:
                 self._answers.move_to_end(key)

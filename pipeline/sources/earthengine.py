@@ -315,6 +315,8 @@ class EarthEngineSource:
     def __init__(self, config: ExportConfig, credentials: Any | None = None):
         if config.source != "earthengine":
             raise ExportError("EarthEngineSource needs config.source='earthengine'")
+        if config.references:
+            raise ExportError("references are not yet fetched from Earth Engine; use source 'local' or references 0")
         self.config = config
         self.bands = ["red", "green", "blue"]
         if config.product == "toa":

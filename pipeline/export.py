@@ -133,7 +133,8 @@ def create_export_store(config: ExportConfig, source: PatchSource, candidates: l
                                   chunks=(min(max(len(candidates), 1), 8192),), fill_value="",
                                   dimension_names=dimension_names("export_plan"))
         if candidates:
-            plan[:] = np.array([c.model_dump_json() for c in candidates])
+            # without references the plan's JSON is what it was before references existed
+            plan[:] = np.array([c.model_dump_json(exclude=None if c.references else {"references"}) for c in candidates])
         meta = getattr(source, "scene_metadata", lambda: {})()
         write_meta(group, n_candidates=len(candidates), target=config.target, scenes=meta,
                    export_summary=ExportRecord())

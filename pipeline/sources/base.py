@@ -27,6 +27,16 @@ class SourceError(RuntimeError):
     """A source could not deliver (bad credentials, unreachable endpoint, retries exhausted)."""
 
 
+class ReferenceCandidate(BaseModel):
+    """A planned reference acquisition of a request's footprint (Earth Engine: an image of any Landsat
+    collection); the source decides at fetch time whether it is clear enough over the patch."""
+
+    model_config = ConfigDict(frozen=True)
+    asset: str
+    acquired: str
+    sensor: str
+
+
 class PatchRequest(BaseModel):
     """One patch to fetch. ``stratum`` is the AOI or scene it was sampled from."""
 
@@ -42,6 +52,7 @@ class PatchRequest(BaseModel):
     stratum: str = ""
     block: str = ""
     outside: bool = False
+    references: tuple[ReferenceCandidate, ...] = ()  # planned reference candidates, nearest date first
 
     @property
     def group(self) -> tuple[str, int, str] | None:

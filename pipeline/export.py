@@ -38,8 +38,8 @@ from pipeline.pictures import picture_markdown
 from pipeline.sampling import flatten_blocks
 from pipeline.shard_io import write_shard as write_shard_file
 from pipeline.sources.base import PatchRequest, PatchSource, SourceError
-from pipeline.store import (PER_PATCH_ARRAYS, ExportRecord, StoreError, config_hash, create_store, dimension_names,
-                            open_store, read_meta, write_meta)
+from pipeline.store import (PER_PATCH_ARRAYS, REFERENCE_ARRAYS, ExportRecord, StoreError, config_hash, create_store,
+                            dimension_names, open_store, read_meta, write_meta)
 
 #: Test hook: ``"K"`` or ``"K:images"`` - every shard job ``k >= K`` stops (until killed) after fetching,
 #: before writing anything (``"K"``), or right after writing its ``images`` shard (``"K:images"``).
@@ -103,12 +103,12 @@ def _initial_size(config: ExportConfig, n_candidates: int) -> int:
     return min(n_candidates, -(-int(config.target * 1.25) // s) * s)
 
 
-def _fast_images_codec(group: zarr.Group) -> None:
-    """Recreate the (still empty) ``images`` array with Blosc-LZ4 + bit-shuffle instead of zstd, same
-    layout: ~6x cheaper to write (zstd was the export's largest CPU cost, ~3 ms a 256 x 256 uint16
+def _fast_images_codec(group: zarr.Group, name: str = "images") -> None:
+    """Recreate the (still empty) ``images`` array (or ``reference``) with Blosc-LZ4 + bit-shuffle instead of
+    zstd, same layout: ~6x cheaper to write (zstd was the export's largest CPU cost, ~3 ms a 256 x 256 uint16
     patch) and ~2x cheaper to read, for ~40 % more bytes."""
-    images = group["images"]
-    group.create_array("images", shape=images.shape, dtype=images.dtype, chunks=images.chunks, shards=images.shards,
+    images = group[name]
+    group.create_array(name, shape=images.shape, dtype=images.dtype, chunks=images.chunks, shards=images.shards,
                        fill_value=0, overwrite=True, dimension_names=images.metadata.dimension_names,
                        compressors=BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle",
                                               typesize=np.dtype(images.dtype).itemsize))
@@ -122,16 +122,19 @@ def create_export_store(config: ExportConfig, source: PatchSource, candidates: l
         data_config = config.data_config()
         group = create_store(tmp, n_patches=_initial_size(config, len(candidates)), patch_size=config.patch_size,
                              shard_patches=config.shard_patches, bands=source.bands, radiometry=source.radiometry,
-                             source=source.name, export_config=data_config)
+                             source=source.name, export_config=data_config, references=config.references)
         s = config.shard_patches
         _fast_images_codec(group)
+        if config.references:
+            _fast_images_codec(group, "reference")
         group.create_array("skip_reason", shape=group["valid"].shape, dtype=str, chunks=(s,), fill_value="",
                            dimension_names=dimension_names("skip_reason"))
         plan = group.create_array("export_plan", shape=(len(candidates),), dtype=str,
                                   chunks=(min(max(len(candidates), 1), 8192),), fill_value="",
                                   dimension_names=dimension_names("export_plan"))
         if candidates:
-            plan[:] = np.array([c.model_dump_json() for c in candidates])
+            # without references the plan's JSON is what it was before references existed
+            plan[:] = np.array([c.model_dump_json(exclude=None if c.references else {"references"}) for c in candidates])
         meta = getattr(source, "scene_metadata", lambda: {})()
         write_meta(group, n_candidates=len(candidates), target=config.target, scenes=meta,
                    export_summary=ExportRecord())
@@ -184,9 +187,36 @@ def _hold(shard: int, stage: str) -> None:
                 time.sleep(60)
 
 
+def export_array_names(group: zarr.Group) -> tuple[str, ...]:
+    """The export's per-patch arrays of this store: :data:`EXPORT_ARRAYS` (+ the reference arrays if it has them)."""
+    return EXPORT_ARRAYS + (REFERENCE_ARRAYS if "reference" in group else ())
+
+
 def export_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
     """Handles on every per-patch array and ``export_done`` (opened once: each open reads metadata)."""
-    return {name: group[name] for name in EXPORT_ARRAYS + ("export_done",)}
+    return {name: group[name] for name in export_array_names(group) + ("export_done",)}
+
+
+def _write_references(arrays: dict[str, zarr.Array], shard: int, sl: slice, patches: list) -> None:
+    """The shard's reference slots (nearest date first; missing slots empty: valid all False, "" strings)."""
+    ref = arrays["reference"]
+    r, p = ref.shape[1], ref.shape[-1]
+    n = len(patches)
+    pixels = np.zeros((n, r, 3, p, p), dtype=ref.dtype)
+    valid = np.zeros((n, r, p, p), dtype=bool)
+    text = {name: np.full((n, r), "", dtype=object) for name in ("acquired", "sensor", "scene_id")}
+    for i, patch in enumerate(patches):
+        if len(patch.references) > r:
+            raise ExportError(f"source returned {len(patch.references)} references for a patch, the store holds {r}")
+        for j, reference in enumerate(patch.references):
+            pixels[i, j] = reference.pixels
+            valid[i, j] = reference.valid
+            for name in text:
+                text[name][i, j] = getattr(reference, name)
+    write_shard_file(ref, shard, pixels)
+    write_shard_file(arrays["reference_valid"], shard, valid)
+    for name, values in text.items():
+        arrays[f"reference_{name}"][sl] = values.astype(str)
 
 
 def write_shard(store: str | Path, shard: int, candidates: list[PatchRequest], source: PatchSource,
@@ -210,6 +240,8 @@ def write_shard(store: str | Path, shard: int, candidates: list[PatchRequest], s
     _hold(shard, "images")
     reqs = [patch.request for patch in patches]
     sl = slice(lo, lo + n)
+    if "reference" in arrays:
+        _write_references(arrays, shard, sl, patches)
     arrays["transform"][sl] = np.array([r.transform for r in reqs], dtype=np.float64)
     arrays["epsg"][sl] = np.array([r.epsg for r in reqs], dtype=np.int32)
     arrays["scene_id"][sl] = np.array([r.scene_id for r in reqs])
@@ -232,7 +264,7 @@ def _ensure_size(arrays: dict[str, zarr.Array], n: int) -> None:
     shapes are known: no I/O unless one grows); safe after a kill mid-grow (each array is checked on
     its own, unlike :func:`pipeline.store.grow_store` which looks at images only)."""
     s = arrays["images"].shards[0]
-    for name in EXPORT_ARRAYS:
+    for name in (name for name in arrays if name != "export_done"):
         arr = arrays[name]
         if arr.shape[0] < n:
             arr.resize((n, *arr.shape[1:]))
@@ -350,7 +382,7 @@ def finalize_export(group: zarr.Group, config: ExportConfig, candidates: list[Pa
 
     s = config.shard_patches
     n = min(n_final_shards * s, len(candidates))
-    for name in EXPORT_ARRAYS:
+    for name in export_array_names(group):
         arr = group[name]
         if arr.shape[0] != n:
             arr.resize((n, *arr.shape[1:]))

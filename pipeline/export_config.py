@@ -50,6 +50,13 @@ class ExportConfig(BaseModel):
     shard_patches: int = Field(64, ge=1, le=4096, description="patches per Zarr shard, per task and per resume "
                                "unit (64 = one 8 x 8 Earth Engine block of ~48 MiB)")
     max_nodata: float = Field(0.01, ge=0.0, le=1.0, description="max fraction of missing pixels in a kept patch")
+    # reference acquisitions (other dates of each patch's footprint, for reference-aware models)
+    references: int = Field(0, ge=0, le=8, description="R: reference acquisitions stored per patch, nearest date "
+                            "first (0 = none: the store has no reference arrays)")
+    reference_window_days: int = Field(400, ge=1, description="a reference lies at most this many days from the "
+                                       "target's acquisition (and on another date)")
+    reference_min_valid: float = Field(0.8, ge=0.0, le=1.0, description="a reference is taken only if at least this "
+                                       "fraction of the patch is valid in it (clear by QA, no fill, in its footprint)")
     # local source
     dataset: str | None = Field(None, description="data_catalog/datasets/<name>.json entry overriding scenes/splits")
     scenes: list[str] | None = None
@@ -148,6 +155,9 @@ class ExportConfig(BaseModel):
         common = {"source": self.source, "seed": self.seed, "count": self.target,
                   "patch_size": self.patch_size, "shard_patches": self.shard_patches,
                   "max_nodata": self.max_nodata}
+        if self.references:  # absent when 0: stores without references keep their hash
+            common.update(references=self.references, reference_window_days=self.reference_window_days,
+                          reference_min_valid=self.reference_min_valid)
         if self.source == "local":
             return {**common, "dataset": self.dataset, "scenes": self.scenes, "splits": self.splits,
                     "stride": self.stride, "include_holdout": self.include_holdout}

@@ -16,6 +16,16 @@ valid          (N,)                    bool      False: candidate skipped (nodat
 export_done    (n_shards,)             uint8     1 once shard k of every array is written
 =============  ======================  ========  =========================================
 
+Optional reference acquisitions (only when ``StoreMeta.references`` = R > 0; R = 0 creates none):
+
+==================  ==================  ========  ====================================================
+reference           (N, R, 3, P, P)     images'   other dates of the patch's footprint, nearest first
+reference_valid     (N, R, P, P)        bool      **1 = VALID** reference pixel (not the mask polarity)
+reference_acquired  (N, R)              str       ISO date, "" = empty slot
+reference_sensor    (N, R)              str       LE07 / LT05 / LC08 / LC09, "" = empty slot
+reference_scene_id  (N, R)              str       scene / image id of the reference, "" = empty slot
+==================  ==================  ========  ====================================================
+
 ``images`` is sharded along N: a chunk is one patch and a shard is ``shard_patches`` patches,
 so a writer that owns whole shards never races another writer. Every per-patch array uses the
 same shard boundaries along N. Every array carries Zarr v3 ``dimension_names``
@@ -48,12 +58,17 @@ STORE_VERSION = 1
 #: promotion), test (reported only, never used for a decision). By scene or AOI, never by patch.
 SPLITS = ("train", "validation", "test")
 PER_PATCH_ARRAYS = ("images", "transform", "epsg", "scene_id", "acquired", "sensor", "split", "valid")
+#: Per-patch arrays of the optional reference acquisitions (present iff ``StoreMeta.references`` > 0).
+REFERENCE_ARRAYS = ("reference", "reference_valid", "reference_acquired", "reference_sensor", "reference_scene_id")
 #: Zarr v3 ``dimension_names`` of every store array (xarray's dimensions). Arrays that share a
 #: name share its length: ``patch`` = N, ``shard`` = ceil(N / shard_patches), ``y``/``x`` = P.
 DIMENSIONS: dict[str, tuple[str, ...]] = {
     "images": ("patch", "band", "y", "x"),
     "transform": ("patch", "affine"),
     **{name: ("patch",) for name in ("epsg", "scene_id", "acquired", "sensor", "split", "valid", "skip_reason")},
+    "reference": ("patch", "reference", "band", "y", "x"),
+    "reference_valid": ("patch", "reference", "y", "x"),
+    **{name: ("patch", "reference") for name in ("reference_acquired", "reference_sensor", "reference_scene_id")},
     "export_plan": ("candidate",),
     "export_done": ("shard",),
     "edges": ("patch", "edge_band", "y", "x"),
@@ -163,6 +178,7 @@ class StoreMeta(BaseModel):
     export_summary: ExportRecord = Field(default_factory=ExportRecord)
     export_failures: list[str] = Field(default_factory=list)
     prepare: PrepareRecord = Field(default_factory=PrepareRecord)
+    references: int = Field(0, ge=0, description="R: reference acquisitions per patch (0 = no reference arrays)")
 
 
 def _where(group: zarr.Group) -> str:
@@ -226,16 +242,20 @@ def create_store(
     radiometry: Radiometry,
     source: str,
     export_config: dict[str, Any],
+    references: int = 0,
 ) -> zarr.Group:
-    """Create an empty store with every per-patch array sized ``n_patches`` (grown later)."""
+    """Create an empty store with every per-patch array sized ``n_patches`` (grown later).
+    ``references`` = R > 0 adds the reference arrays (:data:`REFERENCE_ARRAYS`); 0 adds nothing."""
     if n_patches < 0:
         raise StoreError(f"n_patches must be >= 0, got {n_patches}")
+    if not isinstance(references, int) or references < 0:
+        raise StoreError(f"references must be a count >= 0, got {references!r}")
     n_shards = -(-n_patches // shard_patches)
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     p, s, n = patch_size, shard_patches, n_patches
     meta = StoreMeta(edgefill_store_version=STORE_VERSION, patch_size=p, shard_patches=s, bands=list(bands),
                      radiometry=radiometry, source=source, export_config=export_config,
-                     config_hash=config_hash(export_config),
+                     config_hash=config_hash(export_config), references=references,
                      created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
     def array(name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...], **kwargs: Any) -> None:
@@ -248,8 +268,21 @@ def create_store(
         array(name, (n,), str, (s,), fill_value="")
     array("valid", (n,), "bool", (s,), fill_value=False)
     array("export_done", (n_shards,), "uint8", (1,), fill_value=0)
-    group.attrs.update(meta.model_dump(mode="json", include=set(meta.model_fields_set)))
+    if references:
+        r = references
+        array("reference", (n, r, 3, p, p), radiometry.dtype, (1, r, 3, p, p), shards=(s, r, 3, p, p), fill_value=0)
+        array("reference_valid", (n, r, p, p), "bool", (1, r, p, p), shards=(s, r, p, p), fill_value=False)
+        for name in ("reference_acquired", "reference_sensor", "reference_scene_id"):
+            array(name, (n, r), str, (s, r), fill_value="")
+    fields = set(meta.model_fields_set) - ({"references"} if not references else set())
+    group.attrs.update(meta.model_dump(mode="json", include=fields))
     return group
+
+
+def per_patch_arrays(group: zarr.Group) -> tuple[str, ...]:
+    """The store's per-patch arrays written by the export: :data:`PER_PATCH_ARRAYS`, plus
+    :data:`REFERENCE_ARRAYS` when the store records references."""
+    return PER_PATCH_ARRAYS + (REFERENCE_ARRAYS if read_meta(group).references else ())
 
 
 def open_store(path: str | Path, mode: Literal["r", "r+"] = "r", *,
@@ -265,6 +298,9 @@ def open_store(path: str | Path, mode: Literal["r", "r+"] = "r", *,
     if group.attrs.get("edgefill_store_version") != STORE_VERSION:
         raise StoreError(f"{path} is not an edgefill store (attrs lack edgefill_store_version={STORE_VERSION})")
     missing = [name for name in require if name not in group]
+    refs = group.attrs.get("references", 0)
+    if isinstance(refs, int) and refs > 0:
+        missing += [name for name in REFERENCE_ARRAYS if name not in group]
     if missing:
         raise StoreError(f"store {path} lacks array(s) {missing}")
     images = group["images"]
@@ -291,7 +327,7 @@ def grow_store(group: zarr.Group, n_patches: int) -> None:
     n_old = group["images"].shape[0]
     if n_patches <= n_old:
         return
-    for name in PER_PATCH_ARRAYS:
+    for name in per_patch_arrays(group):
         arr = group[name]
         arr.resize((n_patches, *arr.shape[1:]))
     s = read_meta(group).shard_patches

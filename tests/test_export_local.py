@@ -112,6 +112,8 @@ def test_dataset_entry_overrides_scenes_and_splits(tmp_path):
     (dict(scenes=["NOPE"]), "unknown scene"),
     (dict(dataset="nope"), "unknown dataset"),
     (dict(start="2003-01-01", end="2002-01-01"), "date window is empty"),
+    (dict(references=-1), "references"),
+    (dict(references=1, reference_window_days=0), "reference_window_days"),
 ])
 def test_bad_input_is_refused_and_writes_nothing(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -145,3 +147,66 @@ def test_cli_export_local_and_bad_count(tmp_path):
     bad = CliRunner().invoke(app, ["export", "--out", str(tmp_path / "zero.zarr"), "--count", "0"])
     assert bad.exit_code == 2 and "count must be a positive" in bad.output
     assert not (tmp_path / "zero.zarr").exists()
+
+
+# -- reference acquisitions (other dates of the same footprint, same pixel grid) -------------------
+
+TAIZHOU = ("LE07_TAIZHOU_20000317", "LE07_TAIZHOU_20030206")
+
+
+def _window(scene_id: str, transform) -> tuple[np.ndarray, np.ndarray]:
+    scene = read_scene(scene_id)
+    col, row = ~scene.transform @ (transform[2], transform[5])
+    r, c = int(round(row)), int(round(col))
+    return scene.rgb[:, r:r + 256, c:c + 256], scene.valid[r:r + 256, c:c + 256]
+
+
+def test_taizhou_patches_carry_the_other_date_as_reference(tmp_path):
+    """references=1 over the real Taizhou pair (2000 / 2003, one grid) and a scene with no other date:
+    each Taizhou patch's reference is the other date's pixels at the same window, exactly; the
+    lone scene's patches get an empty slot."""
+    lone = "LT05_040028_20060706"
+    out = tmp_path / "ref.zarr"
+    cfg = ExportConfig(out=out, scenes=[*TAIZHOU, lone], references=1, reference_window_days=1200, shard_patches=4)
+    summary = export_landsat(cfg)
+    g = open_store(out)
+    from pipeline.store import read_meta
+
+    assert read_meta(g).references == 1 and g["reference"].shape == (summary.n_patches, 1, 3, 256, 256)
+    assert g["reference"].dtype == g["images"].dtype == np.uint8
+    ids, valid = g["scene_id"][:], g["valid"][:]
+    ref, ref_valid = g["reference"][:], g["reference_valid"][:]
+    acquired, sensor, ref_ids = g["reference_acquired"][:], g["reference_sensor"][:], g["reference_scene_id"][:]
+    seen = {sid: 0 for sid in (*TAIZHOU, lone)}
+    for i in np.flatnonzero(valid):
+        sid = str(ids[i])
+        seen[sid] += 1
+        if sid == lone:
+            assert not ref_valid[i].any() and not ref[i].any()
+            assert (acquired[i][0], sensor[i][0], ref_ids[i][0]) == ("", "", "")
+            continue
+        other = TAIZHOU[1 - TAIZHOU.index(sid)]
+        want_pixels, want_valid = _window(other, g["transform"][i])
+        np.testing.assert_array_equal(ref[i, 0], want_pixels)
+        assert want_valid.all() and ref_valid[i, 0].all()
+        np.testing.assert_array_equal(g["images"][i], _window(sid, g["transform"][i])[0])
+        assert not np.array_equal(ref[i, 0], g["images"][i])  # another date indeed
+        assert (acquired[i][0], sensor[i][0], ref_ids[i][0]) == (
+            {TAIZHOU[0]: "2000-03-17", TAIZHOU[1]: "2003-02-06"}[other], "LE07", other)
+    assert seen[TAIZHOU[0]] == seen[TAIZHOU[1]] == 4 and seen[lone] > 0
+
+
+def test_reference_window_and_empty_slots(tmp_path):
+    """The Taizhou dates lie 1056 days apart: outside a 400-day window nothing is taken; with R = 2
+    the second slot stays empty (one other date); without references the config hash is unchanged."""
+    near = export_landsat(ExportConfig(out=tmp_path / "near.zarr", scenes=list(TAIZHOU), references=2))
+    g = open_store(tmp_path / "near.zarr")
+    assert near.n_valid == 8 and g["reference_valid"].shape == (8, 2, 256, 256)
+    assert not g["reference_valid"][:].any() and (g["reference_acquired"][:] == "").all()
+    export_landsat(ExportConfig(out=tmp_path / "far.zarr", scenes=list(TAIZHOU), references=2,
+                                reference_window_days=1100))
+    g = open_store(tmp_path / "far.zarr")
+    assert g["reference_valid"][:, 0].all() and not g["reference_valid"][:, 1].any()
+    assert set(g["reference_sensor"][:, 0].tolist()) == {"LE07"} and set(g["reference_sensor"][:, 1].tolist()) == {""}
+    assert "references" not in ExportConfig().data_config()
+    assert ExportConfig(references=1).data_config()["reference_window_days"] == 400

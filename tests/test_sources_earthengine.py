@@ -492,3 +492,57 @@ def test_high_volume_selects_the_high_volume_endpoint_and_the_default_the_standa
         assert ee.data._get_state().cloud_api_base_url == host  # noqa: SLF001
         assert route.urls and all(u.startswith(host + "/") for u in route.urls), route.urls
         assert any(":computePixels" in u for u in route.urls) and fake.counts["computePixels"] == before + 1
+
+
+# -- reference acquisitions: other dates of the footprint, any Landsat sensor ----------------------
+
+@pytest.mark.filterwarnings("ignore:date window ends")
+def test_references_skip_the_cloudy_date_and_map_oli_bands(tmp_path):
+    """ZION 2015-08-10 (L7) with R = 2: the nearest date (L7 08-12) is cloudy by its QA and skipped;
+    the L8 08-18 image is taken with OLI's B4/B3/B2 as red/green/blue, then L7 09-27; dates, sensors,
+    ids recorded; every reference fetched per block, over the block's own window."""
+    from pipeline.store import read_meta
+
+    with FakeEarthEngine() as fake:
+        aoi = write_aois(tmp_path / "zion.geojson", scenes=((ZION, "train"),))
+        cfg = ee_config(tmp_path, fake.url, aois=[aoi], start="2015-08-09", end="2015-08-11", references=2,
+                        count=4, concurrency=4)
+        summary = export_landsat(cfg, source=EarthEngineSource(cfg, credentials=TOKEN), max_shards_in_flight=1)
+        g = zarr.open_group(str(cfg.out), mode="r")
+        valid = g["valid"][:]
+        wants = {}
+        for i in np.flatnonzero(valid):
+            t = g["transform"][i]
+            grid = {"dimensions": {"width": 256, "height": 256}, "crsCode": f"EPSG:{int(g['epsg'][i])}",
+                    "affineTransform": {"scaleX": t[0], "shearX": t[1], "translateX": t[2], "shearY": t[3],
+                                        "scaleY": t[4], "translateY": t[5]}}
+            l8 = render_window("LANDSAT/LC08/C02/T1_TOA/LC08_038034_20150818", ["B4", "B3", "B2", "QA_PIXEL"], grid)
+            l7 = render_window("LANDSAT/LE07/C02/T1_TOA/LE07_038034_20150927", ["B3", "B2", "B1", "QA_PIXEL"], grid)
+            wants[int(i)] = [(np.stack([toa_uint16(w[b]) for b in bands]), (w["QA_PIXEL"] & 0b11011) == 0)
+                             for w, bands in ((l8, ("B4", "B3", "B2")), (l7, ("B3", "B2", "B1")))]
+        requests = fake.counts["computePixels"]
+    assert summary.complete and summary.n_valid >= 4 and read_meta(g).references == 2
+    assert set(g["scene_id"][:][valid].tolist()) == {"LE07_038034_20150810"}
+    ref, ref_valid = g["reference"][:], g["reference_valid"][:]
+    assert g["reference"].dtype == np.uint16
+    for i, want in wants.items():
+        assert g["reference_acquired"][i].tolist() == ["2015-08-18", "2015-09-27"]
+        assert g["reference_sensor"][i].tolist() == ["LC08", "LE07"]
+        assert g["reference_scene_id"][i].tolist() == ["LC08_038034_20150818", "LE07_038034_20150927"]
+        for slot, (pixels, clear) in enumerate(want):
+            np.testing.assert_array_equal(ref[i, slot], pixels)
+            np.testing.assert_array_equal(ref_valid[i, slot], clear)
+            assert clear.mean() >= 0.8
+        assert not np.array_equal(ref[i, 0], ref[i, 1])
+    assert not ref_valid[~valid].any() and (g["reference_sensor"][:][~valid] == "").all()
+    assert "LE07_038034_20150812" not in set(g["reference_scene_id"][:].ravel().tolist())
+    # one shard = one block here: the target + the three candidates (cloudy one included: QA decides) at most
+    assert summary.shards_total + 3 <= requests <= 4 * summary.shards_total
+
+
+def test_reference_band_mapping():
+    from pipeline.sources.earthengine import rgb_band_ids
+
+    assert rgb_band_ids("LC09", "toa") == ["B4", "B3", "B2"] and rgb_band_ids("LT05", "sr") == ["SR_B3", "SR_B2", "SR_B1"]
+    with pytest.raises(ExportError, match="no band mapping for Landsat sensor 'LM01'"):
+        rgb_band_ids("LM01", "toa")

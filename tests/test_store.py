@@ -156,3 +156,70 @@ def test_no_module_but_the_store_reads_or_writes_raw_attrs():
            for n, line in enumerate(path.read_text().splitlines(), 1)
            if ".attrs[" in line or ".attrs.get(" in line or ".attrs.update(" in line]
     assert raw == [], raw
+
+
+# -- optional reference acquisitions ----------------------------------------------------------
+
+def _reference_store(path, n=5, r=2, shard=2, dtype="uint16"):
+    return create_store(path, n_patches=n, shard_patches=shard, patch_size=16, bands=["r", "g", "b"],
+                        radiometry=Radiometry(dtype=dtype, scale=1e-4), source="t", export_config={"a": 1},
+                        references=r)
+
+
+@pytest.mark.filterwarnings("ignore:Failed to open Zarr store with consolidated metadata")
+def test_reference_arrays_round_trip_and_open_in_xarray(tmp_path):
+    """R references per patch: pixels in the store's dtype, validity (1 = valid), dates, sensors and
+    ids read back as written; a grown store keeps them; xarray names their dimensions."""
+    xr = pytest.importorskip("xarray")
+    from pipeline.shard_io import read_shard, write_shard
+    from pipeline.store import REFERENCE_ARRAYS, per_patch_arrays
+
+    g = _reference_store(tmp_path / "r.zarr")
+    assert read_meta(g).references == 2 and g.attrs["references"] == 2
+    assert set(per_patch_arrays(g)) >= set(REFERENCE_ARRAYS)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 10000, (5, 2, 3, 16, 16), dtype=np.uint16)
+    valid = rng.random((5, 2, 16, 16)) > 0.3
+    valid[:, 1] = False  # slot 1 empty everywhere
+    acquired = np.array([["2001-07-06", ""]] * 5)
+    sensor = np.array([["LC08", ""]] * 5)
+    ids = np.array([[f"S{i}", ""] for i in range(5)])
+    assert g["reference"].dtype == np.uint16 and g["reference_valid"].dtype == bool
+    assert g["reference"].shards == (2, 2, 3, 16, 16) and g["reference_valid"].shards == (2, 2, 16, 16)
+    for k in range(3):  # whole-shard writes, the export's path
+        write_shard(g["reference"], k, pixels[2 * k:2 * k + 2])
+        write_shard(g["reference_valid"], k, valid[2 * k:2 * k + 2])
+    g["reference_acquired"][:] = acquired
+    g["reference_sensor"][:] = sensor
+    g["reference_scene_id"][:] = ids
+    again = open_store(tmp_path / "r.zarr")
+    np.testing.assert_array_equal(again["reference"][:], pixels)
+    np.testing.assert_array_equal(read_shard(again["reference_valid"], 1), valid[2:4])
+    assert again["reference_acquired"][:].tolist() == acquired.tolist()
+    assert again["reference_sensor"][:].tolist() == sensor.tolist()
+    ds = xr.open_zarr(tmp_path / "r.zarr", consolidated=False)
+    assert ds["reference"].dims == ("patch", "reference", "band", "y", "x")
+    assert ds["reference_valid"].dims == ("patch", "reference", "y", "x")
+    assert ds["reference_sensor"].dims == ("patch", "reference") and ds.sizes["reference"] == 2
+    np.testing.assert_array_equal(ds["reference"].values, pixels)
+    np.testing.assert_array_equal(ds["reference_valid"].values, valid)
+    assert ds["reference_acquired"].values.tolist() == acquired.tolist()
+    grow_store(again := open_store(tmp_path / "r.zarr", "r+"), 7)
+    assert again["reference"].shape == (7, 2, 3, 16, 16) and again["reference_sensor"].shape == (7, 2)
+    assert not again["reference_valid"][5:].any() and again["reference_sensor"][6].tolist() == ["", ""]
+    del again["reference_sensor"]
+    with pytest.raises(StoreError, match="lacks array.*reference_sensor"):
+        open_store(tmp_path / "r.zarr")
+
+
+def test_store_without_references_is_unchanged(tmp_path):
+    """R = 0 (the default) creates no reference array and no new attribute: stores stay as before."""
+    g = create_store(tmp_path / "s.zarr", n_patches=3, bands=["r", "g", "b"], radiometry=Radiometry(),
+                     source="t", export_config={})
+    assert not [name for name in g.array_keys() if name.startswith("reference")]
+    assert "references" not in g.attrs and read_meta(g).references == 0
+    grow_store(g, 4)
+    assert open_store(tmp_path / "s.zarr")["images"].shape[0] == 4
+    with pytest.raises(StoreError, match="references must be a count"):
+        create_store(tmp_path / "bad.zarr", n_patches=1, bands=["r", "g", "b"], radiometry=Radiometry(),
+                     source="t", export_config={}, references=-1)

@@ -14,7 +14,7 @@ with ``block == ""`` is fetched alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,6 +25,16 @@ from pipeline.store import Radiometry
 
 class SourceError(RuntimeError):
     """A source could not deliver (bad credentials, unreachable endpoint, retries exhausted)."""
+
+
+class ReferenceCandidate(BaseModel):
+    """A planned reference acquisition of a request's footprint (Earth Engine: an image of any Landsat
+    collection); the source decides at fetch time whether it is clear enough over the patch."""
+
+    model_config = ConfigDict(frozen=True)
+    asset: str
+    acquired: str
+    sensor: str
 
 
 class PatchRequest(BaseModel):
@@ -42,6 +52,7 @@ class PatchRequest(BaseModel):
     stratum: str = ""
     block: str = ""
     outside: bool = False
+    references: tuple[ReferenceCandidate, ...] = ()  # planned reference candidates, nearest date first
 
     @property
     def group(self) -> tuple[str, int, str] | None:
@@ -50,13 +61,27 @@ class PatchRequest(BaseModel):
 
 
 @dataclass
+class Reference:
+    """One reference acquisition of a patch's footprint: ``pixels`` (3, size, size) in the store's dtype and band
+    order, ``valid`` (size, size) bool (**True = valid** reference pixel), its date, sensor and scene / image id."""
+
+    pixels: np.ndarray
+    valid: np.ndarray
+    acquired: str
+    sensor: str
+    scene_id: str
+
+
+@dataclass
 class Patch:
-    """A fetched patch. ``pixels`` is None exactly when ``skip`` names a reason."""
+    """A fetched patch. ``pixels`` is None exactly when ``skip`` names a reason. ``references``: up to R
+    reference acquisitions, nearest date first (empty unless the export asks for references)."""
 
     request: PatchRequest
     pixels: np.ndarray | None
     skip: str | None = None
     missing_fraction: float = 0.0
+    references: list[Reference] = field(default_factory=list)
 
     @property
     def transform(self) -> tuple[float, ...]:

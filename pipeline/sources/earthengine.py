@@ -18,6 +18,16 @@
 * Formats: ``NUMPY_NDARRAY`` (fetched as NPY, read without copying) or ``GEO_TIFF`` (rasterio):
   the same pixels either way.
 * Scenes: ``ee.data.listImages`` over each AOI and the date window, CLOUD_COVER filtered.
+* References (``config.references`` = R > 0): planning lists every Landsat collection of the product
+  (:data:`REFERENCE_COLLECTIONS`: Landsat 5, 7, 8, 9; same CLOUD_COVER filter) over each AOI within
+  ``reference_window_days`` of the AOI's target dates; each target image's requests carry its candidates
+  (other images whose band grid is in the target's CRS, ``0 < |days| <= window``, nearest first, at most
+  4 R) in the plan, so a resume fetches the same ones. At fetch time a block's candidates are requested
+  in that order over the SAME window as the block (one computePixels per block and candidate, under the
+  same semaphore, pacing and retries), until every kept patch holds R references: a candidate is taken
+  for a patch when at least ``reference_min_valid`` of it is clear by its QA_PIXEL (no fill, cloud,
+  dilated cloud or shadow, bands not empty). Band mapping (red, green, blue): ETM+ / TM B3, B2, B1 =
+  OLI B4, B3, B2 (SR: the SR_ bands of the same numbers); TOA scaled x 10^4 to uint16 for every sensor.
 * Auth (headless): service-account JSON key from ``config.key`` / ``$EDGEFILL_EE_KEY`` /
   ``$GOOGLE_APPLICATION_CREDENTIALS`` -> ``ee.ServiceAccountCredentials``; the key is never
   logged nor written anywhere. Endpoint: ``api_url``, else the high-volume one with ``high_volume``,
@@ -52,13 +62,28 @@ from pipeline.aoi import AOI, assign_splits, grid_cells, read_aois, to_utm, utm_
 from pipeline.export_config import HIGH_VOLUME_URL, STANDARD_URL, ExportConfig, ExportError
 from pipeline.qa import qa_cloud_mask
 from pipeline.sampling import group_blocks, interleave
-from pipeline.sources.base import Patch, PatchRequest, SourceError
+import datetime as dt
+
+from pipeline.sources.base import Patch, PatchRequest, Reference, ReferenceCandidate, SourceError
 from pipeline.store import Radiometry
 
 KEY_ENV_VARS = ("EDGEFILL_EE_KEY", "GOOGLE_APPLICATION_CREDENTIALS")
 PIXEL_M = 30.0
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 TOA_SCALE = 10000
+#: Collections searched for reference acquisitions, per product, and the red/green/blue bands of each sensor.
+REFERENCE_COLLECTIONS = {
+    "toa": ["LANDSAT/LT05/C02/T1_TOA", "LANDSAT/LE07/C02/T1_TOA", "LANDSAT/LC08/C02/T1_TOA", "LANDSAT/LC09/C02/T1_TOA"],
+    "sr": ["LANDSAT/LT05/C02/T1_L2", "LANDSAT/LE07/C02/T1_L2", "LANDSAT/LC08/C02/T1_L2", "LANDSAT/LC09/C02/T1_L2"],
+}
+RGB_BANDS = {"LT05": ["B3", "B2", "B1"], "LE07": ["B3", "B2", "B1"], "LC08": ["B4", "B3", "B2"], "LC09": ["B4", "B3", "B2"]}
+
+
+def rgb_band_ids(sensor: str, product: str) -> list[str]:
+    """Red, green, blue band ids of a Landsat sensor (ETM+/TM B3 B2 B1 = OLI B4 B3 B2), SR: ``SR_`` prefixed."""
+    if sensor not in RGB_BANDS:
+        raise ExportError(f"no band mapping for Landsat sensor {sensor!r}; known: {sorted(RGB_BANDS)}")
+    return [("SR_" if product == "sr" else "") + b for b in RGB_BANDS[sensor]]
 _INIT_LOCK = threading.Lock()
 
 
@@ -373,13 +398,16 @@ class EarthEngineSource:
         self._initialized = True
 
     # -- planning -----------------------------------------------------------------------
-    def list_scenes(self, aoi: AOI) -> list[dict]:
-        """Images of the collection over ``aoi`` in the date window with CLOUD_COVER below the limit."""
+    def list_scenes(self, aoi: AOI, collection: str | None = None, start: str | None = None,
+                    end: str | None = None) -> list[dict]:
+        """Images of the collection (default: the export's) over ``aoi`` in the date window (default: the
+        export's) with CLOUD_COVER below the limit."""
         import ee
 
         self.initialize()
         c = self.config
-        params = {"parent": c.collection, "startTime": f"{c.start}T00:00:00Z", "endTime": f"{c.end}T00:00:00Z",
+        collection, start, end = collection or c.collection, start or c.start, end or c.end
+        params = {"parent": collection, "startTime": f"{start}T00:00:00Z", "endTime": f"{end}T00:00:00Z",
                   "region": json.dumps(shapely.geometry.mapping(aoi.geometry)),
                   "properties": [f"CLOUD_COVER < {c.max_scene_cloud_cover}"]}
         result = with_retries(lambda: ee.data.listImages(dict(params)), f"listImages over AOI {aoi.name}",
@@ -399,7 +427,9 @@ class EarthEngineSource:
         self.initialize()
         with ThreadPoolExecutor(min(8, len(aois))) as pool:  # list every AOI's scenes concurrently
             listings = list(pool.map(self.list_scenes, aois))
-        for aoi, images in zip(aois, listings):
+            candidates = (list(pool.map(self._reference_listing, aois, listings)) if c.references
+                          else [[] for _ in aois])
+        for aoi, images, others in zip(aois, listings, candidates):
             per_scene = []
             for image in images:
                 asset = image.get("id") or image["name"].split("/assets/", 1)[-1]
@@ -412,7 +442,8 @@ class EarthEngineSource:
                 epsg, origin = self._native_grid(image, region)
                 scene_id = asset.rsplit("/", 1)[-1]
                 cells = grid_cells(to_utm(region, epsg), PIXEL_M, c.patch_size, origin)
-                blocks = [[PatchRequest(asset=asset, scene_id=scene_id, epsg=epsg,
+                references = self._reference_candidates(asset, str(image.get("startTime", ""))[:10], epsg, others)
+                blocks = [[PatchRequest(asset=asset, scene_id=scene_id, epsg=epsg, references=references,
                                         transform=(PIXEL_M, 0.0, x, 0.0, -PIXEL_M, y), size=c.patch_size,
                                         acquired=str(image.get("startTime", ""))[:10], sensor=scene_id[:4],
                                         split=splits[aoi.name], stratum=aoi.name,
@@ -427,6 +458,39 @@ class EarthEngineSource:
                               f"{c.max_scene_cloud_cover} over AOIs {[a.name for a in aois]}")
         return out
 
+    def _reference_listing(self, aoi: AOI, targets: list[dict]) -> list[dict]:
+        """Every Landsat image (all :data:`REFERENCE_COLLECTIONS` of the product) over ``aoi`` within the
+        reference window of the AOI's target dates."""
+        dates = [dt.date.fromisoformat(str(im.get("startTime", ""))[:10]) for im in targets if im.get("startTime")]
+        if not dates:
+            return []
+        window = dt.timedelta(days=self.config.reference_window_days)
+        start, end = str(min(dates) - window), str(max(dates) + window + dt.timedelta(days=1))
+        return [im for coll in REFERENCE_COLLECTIONS[self.config.product]
+                for im in self.list_scenes(aoi, coll, start, end)]
+
+    def _reference_candidates(self, asset: str, acquired: str, epsg: int,
+                              images: list[dict]) -> tuple[ReferenceCandidate, ...]:
+        """Candidates of a target image: other images in its CRS, ``0 < |days| <= window``, nearest first
+        (ties: earlier, then id), at most 4 R."""
+        if not self.config.references or not acquired:
+            return ()
+        target = dt.date.fromisoformat(acquired)
+        found = []
+        for image in images:
+            other = image.get("id") or image["name"].split("/assets/", 1)[-1]
+            when = str(image.get("startTime", ""))[:10]
+            sensor = other.rsplit("/", 1)[-1][:4]
+            if other == asset or not when or sensor not in RGB_BANDS:
+                continue
+            days = abs((dt.date.fromisoformat(when) - target).days)
+            crs = {str((b.get("grid") or {}).get("crsCode", "")).upper() for b in image.get("bands", []) or []} - {""}
+            if not 0 < days <= self.config.reference_window_days or (crs and f"EPSG:{epsg}" not in crs):
+                continue
+            found.append((days, when, other, sensor))
+        found.sort()
+        return tuple(ReferenceCandidate(asset=a, acquired=w, sensor=s) for _, w, a, s in found[:4 * self.config.references])
+
     def _native_grid(self, image: dict, region) -> tuple[int, tuple[float, float]]:
         """CRS + grid origin of the image's first requested band (no resampling), else the UTM zone
         of the region's centroid on a 30 m grid anchored at 0."""
@@ -439,17 +503,18 @@ class EarthEngineSource:
         return utm_epsg(region.centroid.x, region.centroid.y), (0.0, 0.0)
 
     # -- pixels -------------------------------------------------------------------------
-    def _expression(self, asset: str) -> Any:
+    def _expression(self, asset: str, band_ids: list[str] | None = None) -> Any:
         import ee
 
         image = ee.Image(asset)
+        band_ids = band_ids or self.config.band_ids
         if self.config.product == "toa":  # Earth Engine scales float TOA to uint16 x 10^4: 2 bytes a band
-            return (image.select(self.config.band_ids).multiply(TOA_SCALE).round().toUint16()
+            return (image.select(band_ids).multiply(TOA_SCALE).round().toUint16()
                     .addBands(image.select(["QA_PIXEL"])))
-        return image.select(self.config.band_ids + ["QA_PIXEL"])
+        return image.select(band_ids + ["QA_PIXEL"])
 
-    def _window_params(self, win: Window) -> dict:
-        return {"expression": self._expression(win.asset),
+    def _window_params(self, win: Window, band_ids: list[str] | None = None) -> dict:
+        return {"expression": self._expression(win.asset, band_ids),
                 "fileFormat": "GEO_TIFF" if self.config.file_format == "GEO_TIFF" else "NPY",
                 "grid": win.grid()}
 
@@ -466,11 +531,13 @@ class EarthEngineSource:
         if start > now:
             time.sleep(start - now)
 
-    def _compute(self, win: Window) -> dict[str, np.ndarray]:
-        """One computePixels request for ``win``: band name -> uint16 (height, width) array."""
+    def _compute(self, win: Window, band_ids: list[str] | None = None) -> dict[str, np.ndarray]:
+        """One computePixels request for ``win`` (bands ``band_ids``, default the export's, + QA_PIXEL):
+        band name -> uint16 (height, width) array."""
         import ee
 
-        params = self._window_params(win)
+        band_ids = band_ids or self.config.band_ids
+        params = self._window_params(win, band_ids)
         self._pace()
         try:
             with self._in_flight:  # at most ``concurrency`` requests on the wire; decoding happens outside
@@ -479,8 +546,7 @@ class EarthEngineSource:
             if _status_of(exc) == 400 and "Total request size" in str(exc):
                 raise RequestTooLarge(f"computePixels for {win.describe()} refused: {str(exc)[:300]}") from exc
             raise
-        return decode_pixels(data, self.config.file_format, self.config.band_ids + ["QA_PIXEL"],
-                             (win.height, win.width))
+        return decode_pixels(data, self.config.file_format, band_ids + ["QA_PIXEL"], (win.height, win.width))
 
     def _cut(self, win: Window, arrays: dict[str, np.ndarray], reqs: list[PatchRequest]) -> list[Patch]:
         """Each request's patch out of the window, kept or skipped on its own (nodata, clouds)."""
@@ -523,7 +589,42 @@ class EarthEngineSource:
                 for i, patch in zip(half, self.fetch_block([reqs[i] for i in half])):
                     out[i] = patch
             return out  # type: ignore[return-value]
-        return self._cut(win, arrays, reqs)
+        patches = self._cut(win, arrays, reqs)
+        if c.references:
+            self._add_references(win, reqs, patches)
+        return patches
+
+    def _add_references(self, win: Window, reqs: list[PatchRequest], patches: list[Patch]) -> None:
+        """Fill the kept patches' references: the block's candidates over the same window, nearest first,
+        until each kept patch has R clear ones (see the module docstring)."""
+        c = self.config
+        p, want = c.patch_size, c.references
+        kept = [i for i, patch in enumerate(patches) if patch.skip is None]
+        if any(r.references != reqs[0].references for r in reqs):
+            raise ExportError("a block mixes reference candidates")
+        for cand in reqs[0].references:
+            need = [i for i in kept if len(patches[i].references) < want]
+            if not need:
+                return
+            band_ids = rgb_band_ids(cand.sensor, c.product)
+            ref_win = Window(cand.asset, win.epsg, win.x0, win.y0, win.a, win.e, win.height, win.width)
+            arrays = with_retries(lambda: self._compute(ref_win, band_ids),
+                                  f"computePixels (reference) for {ref_win.describe()}",
+                                  max_attempts=c.max_attempts, backoff_s=c.backoff_s)
+            qa = arrays["QA_PIXEL"]
+            bands = [arrays[n] for n in band_ids]
+            valid = ~(qa & 1).astype(bool)
+            valid &= (bands[0] | bands[1] | bands[2]) != 0
+            valid &= ~cloud_lookup()[qa]
+            pixels = band_stack(bands)
+            for i in need:
+                row, col = win.offset(reqs[i])
+                cell = (slice(row, row + p), slice(col, col + p))
+                cell_valid = valid[cell]
+                if np.count_nonzero(cell_valid) / (p * p) >= c.reference_min_valid and cell_valid.any():
+                    patches[i].references.append(Reference(
+                        pixels=np.array(pixels[(slice(None), *cell)]), valid=cell_valid.copy(),
+                        acquired=cand.acquired, sensor=cand.sensor, scene_id=cand.asset.rsplit("/", 1)[-1]))
 
     def fetch(self, req: PatchRequest) -> Patch:
         if req.outside:

@@ -6,19 +6,32 @@ Everest holdout only with ``include_holdout`` (into test), the SLC-off scenes ne
 without georeferencing get epsg 0 and a transform in their own pixel units (see
 :mod:`pipeline.scenes`). Pixels are uint8 (Radiometry scale 1/255); Landsat 8 scenes are
 percentile-stretched by ``read_scene`` and that stretch is reported by :meth:`scene_metadata`.
+
+References (``config.references`` = R > 0): for each kept patch, the R bundled scenes nearest in date
+(``0 < |days| <= reference_window_days``) that lie on the SAME pixel grid (same CRS and pixel size,
+whole-pixel offset: the footprint's pixels are read as they are, never resampled), belong to the same
+split as the patch (no reference crosses train / validation / test) and hold at least
+``reference_min_valid`` of the patch as valid pixels; their window is cut at the patch's place
+(outside their extent: invalid). Bundled pairs of this kind: Taizhou 2000 / 2003, Nanjing 2000 / 2002.
+Scenes known only by year, chips without georeferencing and SLC-off scenes are never references.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
+import warnings
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import rasterio
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.export_config import ExportConfig, ExportError
 from pipeline.scenes import CATALOG_DIR, ROLE_SPLIT, SceneArray, SceneEntry, load_catalog, read_scene, scenes_with_role
-from pipeline.sources.base import Patch, PatchRequest
+from pipeline.sources.base import Patch, PatchRequest, Reference
 from pipeline.store import SPLITS, Radiometry
 
 DATASET_DIR = CATALOG_DIR / "datasets"
@@ -36,6 +49,40 @@ def load_dataset_entry(name: str) -> dict:
         known = sorted(p.stem for p in DATASET_DIR.glob("*.json"))
         raise ExportError(f"unknown dataset {name!r}: {path} does not exist (known: {known})")
     return json.loads(path.read_text())
+
+
+def iso_date(text: str) -> dt.date | None:
+    """``YYYY-MM-DD`` (or a longer ISO time) as a date; None for a year alone or nothing."""
+    try:
+        return dt.date.fromisoformat(text[:10]) if len(text) >= 10 else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """A bundled scene's pixel grid, read from its first file's header (no pixels)."""
+
+    entry: SceneEntry
+    date: dt.date
+    epsg: int
+    transform: Affine
+    height: int
+    width: int
+
+
+@lru_cache(maxsize=256)
+def _grid_of(scene_id: str) -> _Grid | None:
+    entry = load_catalog()[scene_id]
+    date = iso_date(entry.acquired)
+    if date is None or not entry.georeferenced or not entry.files:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(entry.band_files()[0][0]) as src:
+            if src.crs is None or not src.crs.to_epsg():
+                return None
+            return _Grid(entry, date, int(src.crs.to_epsg()), src.transform, src.height, src.width)
 
 
 def grid_starts(length: int, size: int, stride: int) -> list[int]:
@@ -108,6 +155,58 @@ class LocalSceneSource:
             out.append([[r] for r in reqs])
         return out
 
+    def reference_scenes(self, request: PatchRequest) -> list[tuple[_Grid, int, int]]:
+        """Bundled scenes that may serve as references of ``request`` (see the module docstring), nearest
+        date first (ties: earlier date, then id), with the patch's (row, col) in each."""
+        target = iso_date(request.acquired)
+        if target is None:
+            return []
+        a, b, _, d, e, _ = request.transform
+        out = []
+        for entry in load_catalog().values():
+            if entry.id == request.scene_id or entry.role not in ROLE_SPLIT:
+                continue
+            grid = _grid_of(entry.id)
+            if grid is None or grid.epsg != request.epsg:
+                continue
+            days = abs((grid.date - target).days)
+            if not 0 < days <= self.config.reference_window_days:
+                continue
+            t = grid.transform
+            if (t.a, t.b, t.d, t.e) != (a, b, d, e):
+                continue
+            col, row = ~t @ (request.transform[2], request.transform[5])
+            if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+                continue  # another pixel grid: would need resampling
+            r, c, n = int(round(row)), int(round(col)), request.size
+            if r + n <= 0 or c + n <= 0 or r >= grid.height or c >= grid.width:
+                continue  # does not overlap the patch
+            if self.split_of(entry) != request.split:
+                continue  # never across splits
+            out.append((days, str(grid.date), entry.id, grid, r, c))
+        return [(grid, r, c) for *_, grid, r, c in sorted(out, key=lambda item: item[:3])]
+
+    def references(self, request: PatchRequest) -> list[Reference]:
+        """Up to ``config.references`` references of the patch (nearest date first), each holding at least
+        ``reference_min_valid`` of the patch as valid pixels."""
+        n, want = request.size, self.config.references
+        out: list[Reference] = []
+        for grid, r, c in self.reference_scenes(request):
+            if len(out) == want:
+                break
+            scene = _scene(grid.entry.id)
+            h, w = scene.valid.shape
+            pixels = np.zeros((3, n, n), dtype=scene.rgb.dtype)
+            valid = np.zeros((n, n), dtype=bool)
+            r0, c0, r1, c1 = max(r, 0), max(c, 0), min(r + n, h), min(c + n, w)
+            pixels[:, r0 - r:r1 - r, c0 - c:c1 - c] = scene.rgb[:, r0:r1, c0:c1]
+            valid[r0 - r:r1 - r, c0 - c:c1 - c] = scene.valid[r0:r1, c0:c1]
+            if valid.mean() < self.config.reference_min_valid or not valid.any():
+                continue
+            out.append(Reference(pixels=pixels, valid=valid, acquired=str(grid.date), sensor=grid.entry.sensor,
+                                 scene_id=grid.entry.id))
+        return out
+
     def fetch(self, request: PatchRequest) -> Patch:
         scene = _scene(request.asset)
         col, row = ~scene.transform @ (request.transform[2], request.transform[5])
@@ -118,7 +217,8 @@ class LocalSceneSource:
         missing = 1.0 - float(scene.valid[r:r + n, c:c + n].mean())
         if missing > self.config.max_nodata:
             return Patch(request, None, "nodata", missing)
-        return Patch(request, np.ascontiguousarray(scene.rgb[:, r:r + n, c:c + n]), None, missing)
+        references = self.references(request) if self.config.references else []
+        return Patch(request, np.ascontiguousarray(scene.rgb[:, r:r + n, c:c + n]), None, missing, references)
 
     def fetch_many(self, requests: list[PatchRequest]) -> list[Patch]:
         return [self.fetch(r) for r in requests]

@@ -27,6 +27,10 @@ more are answered 429; a request whose pixels exceed ``max_request_bytes`` (48 M
 Earth Engine does: width x height x sum over bands of (itemsize + 1)) is answered 400 with Earth
 Engine's text ``Total request size (N bytes) must be less than or equal to 50331648 bytes.``
 
+Several dates of one footprint (reference acquisitions): images of the same bundled scene in the
+Landsat 7 and Landsat 8 collections, with OLI band names (B4/B3/B2 = red/green/blue, B1 coastal),
+another ``gain`` (radiometry of another date) or ``cloudy`` (QA_PIXEL cloud bit on every pixel).
+
 A :class:`FakeImage` may span ``tiles`` x ``tiles`` copies of its bundled scene (pixels repeat),
 so benchmarks get Landsat-sized footprints out of small bundled scenes. Evaluated scenes are
 cached per (scene, expression), so serving a window is one slice copy; with ``cache_bytes`` the
@@ -60,6 +64,7 @@ COLLECTION = "LANDSAT/LE07/C02/T1_TOA"
 SR_COLLECTION = "LANDSAT/LE07/C02/T1_L2"
 SR_SCALE, SR_OFFSET = 2.75e-05, -0.2  # Collection 2 Level-2 surface reflectance = DN x scale + offset
 SR_GAIN, SR_BIAS = 0.95, -0.01        # the fake's atmospheric correction: sr = 0.95 x toa - 0.01
+L8_COLLECTION = "LANDSAT/LC08/C02/T1_TOA"
 MAX_REQUEST_BYTES = 48 * 2**20
 #: Windows up to this many pixels a side are served by one slice of the (wrapped) evaluated scene.
 WRAP_MARGIN = 2048
@@ -69,13 +74,26 @@ SOURCE_BANDS = ("B3", "B2", "B1", "QA_PIXEL")
 class FakeImage(NamedTuple):
     """A fake Earth Engine image: its bundled 30 m scene, acquisition date, CLOUD_COVER (%), how
     many copies of the scene it spans along each axis (``tiles`` > 1: pixels wrap around) and its
-    product (``toa``: B3/B2/B1 float32, ``sr``: SR_B3/SR_B2/SR_B1 uint16; QA_PIXEL in both)."""
+    product (``toa``: B3/B2/B1 float32, ``sr``: SR_B3/SR_B2/SR_B1 uint16; QA_PIXEL in both). Other
+    dates of a footprint: ``bands`` names the red, green, blue bands (Landsat 8/9 OLI: B4, B3, B2,
+    with B1 a distinct coastal band), ``gain`` scales the TOA values (another date's radiometry),
+    ``cloudy`` sets the QA_PIXEL cloud bit on every pixel with data."""
 
     scene: str
     date: str
     cloud: float
     tiles: int = 1
     product: str = "toa"
+    bands: tuple[str, str, str] = ("B3", "B2", "B1")
+    gain: float = 1.0
+    cloudy: bool = False
+
+    @property
+    def look(self) -> str | tuple:
+        """What its pixels depend on: the scene alone for a plain TOA image (cache key)."""
+        if (self.bands, self.gain, self.cloudy, self.product) == (("B3", "B2", "B1"), 1.0, False, "toa"):
+            return self.scene
+        return (self.scene, self.bands, self.gain, self.cloudy, self.product)
 
 
 FAKE_IMAGES: dict[str, FakeImage] = {
@@ -83,6 +101,13 @@ FAKE_IMAGES: dict[str, FakeImage] = {
     f"{COLLECTION}/LE07_224078_20020518": FakeImage("LC08_224078_20200518_ITAIPU", "2002-05-18", 12.0),
     f"{COLLECTION}/LE07_038034_20000818": FakeImage("LC08_038034_20150818_ZION", "2000-08-18", 8.0),
     f"{COLLECTION}/LE07_038034_20010821": FakeImage("LC08_038034_20150818_ZION", "2001-08-21", 55.0),
+    # several dates of one footprint (reference acquisitions), after the default date window
+    f"{COLLECTION}/LE07_038034_20150810": FakeImage("LC08_038034_20150818_ZION", "2015-08-10", 5.0),
+    f"{COLLECTION}/LE07_038034_20150812": FakeImage("LC08_038034_20150818_ZION", "2015-08-12", 10.0, gain=0.9,
+                                                    cloudy=True),
+    f"{L8_COLLECTION}/LC08_038034_20150818": FakeImage("LC08_038034_20150818_ZION", "2015-08-18", 3.0,
+                                                       bands=("B4", "B3", "B2"), gain=1.1),
+    f"{COLLECTION}/LE07_038034_20150927": FakeImage("LC08_038034_20150818_ZION", "2015-09-27", 6.0, gain=0.95),
 }
 # the Level-2 twins of the TOA images: the same scenes and dates in the L2 collection
 FAKE_IMAGES.update({f"{SR_COLLECTION}/{iid.rsplit('/', 1)[1]}": image._replace(product="sr")
@@ -197,13 +222,32 @@ def sr_dn(toa: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((sr - SR_OFFSET) / SR_SCALE), 1, 65535).astype(np.uint16)
 
 
-FILL_PIXELS = {
-    "toa": {"B3": np.zeros((1, 1), np.float32), "B2": np.zeros((1, 1), np.float32),
-            "B1": np.zeros((1, 1), np.float32), "QA_PIXEL": np.ones((1, 1), np.uint16)},
-    "sr": {"SR_B3": np.zeros((1, 1), np.uint16), "SR_B2": np.zeros((1, 1), np.uint16),
-           "SR_B1": np.zeros((1, 1), np.uint16), "QA_PIXEL": np.ones((1, 1), np.uint16)},
-}
-FILL_PIXEL = FILL_PIXELS["toa"]
+
+
+@lru_cache(maxsize=8)
+def _look_bands(look: str | tuple) -> dict[str, np.ndarray]:
+    """The bands of an image's ``look`` (:attr:`FakeImage.look`): the scene's, renamed, scaled, clouded."""
+    if isinstance(look, str):
+        return _source_bands(look)
+    scene, names, gain, cloudy, product = look
+    if product == "sr":  # the Level-2 twin of the TOA look
+        toa = _look_bands((scene, names, gain, cloudy, "toa"))
+        data = (toa["QA_PIXEL"] & 1) == 0
+        out = {f"SR_{b}": np.where(data, sr_dn(v), 0).astype(np.uint16) for b, v in toa.items() if b != "QA_PIXEL"}
+        return {**out, "QA_PIXEL": toa["QA_PIXEL"]}
+    base = _source_bands(scene)
+    out = {name: (base[b] * np.float32(gain)).astype(np.float32) for name, b in zip(names, ("B3", "B2", "B1"))}
+    if "B1" not in out:  # OLI coastal aerosol: a band of its own, never the blue one
+        out["B1"] = (base["B1"] * np.float32(0.8 * gain)).astype(np.float32)
+    qa = base["QA_PIXEL"].copy()
+    if cloudy:
+        qa |= np.where((qa & 1) == 0, 1 << 3, 0).astype(np.uint16)
+    out["QA_PIXEL"] = qa
+    return out
+
+
+def _fill_pixel(look: str | tuple) -> dict[str, np.ndarray]:
+    return {k: (np.ones if k == "QA_PIXEL" else np.zeros)((1, 1), v.dtype) for k, v in _look_bands(look).items()}
 
 
 def _resolve(values: dict, node: Any) -> Any:
@@ -271,36 +315,35 @@ def _structured(bands: dict[str, np.ndarray]) -> np.ndarray:
     return out
 
 
-_EVALUATED: dict[tuple[str, str, bool, str], tuple[np.ndarray, np.ndarray]] = {}
+_EVALUATED: dict[tuple[str | tuple, str, bool], tuple[np.ndarray, np.ndarray]] = {}
 _EVALUATED_LOCK = threading.RLock()
 
 
-def evaluated_scene(scene_id: str, expression: str, wrapped: bool = False,
-                    product: str = "toa") -> tuple[np.ndarray, np.ndarray]:
+def evaluated_scene(scene_id: str | tuple, expression: str, wrapped: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(evaluated scene, evaluated fill pixel) as structured arrays for one expression (its JSON with
     the asset id blanked: every image of a scene and product shares it); ``wrapped``: the scene tiled
     to (H + WRAP_MARGIN, W + WRAP_MARGIN), so a window of repeating pixels is one slice. Cached."""
-    key = (scene_id, expression, wrapped, product)
+    key = (scene_id, expression, wrapped)
     with _EVALUATED_LOCK:  # one evaluation per key, even when many requests ask at once
         if key not in _EVALUATED:
             if wrapped:
-                scene, fill = evaluated_scene(scene_id, expression, product=product)
+                scene, fill = evaluated_scene(scene_id, expression)
                 h, w = scene.shape
                 reps = (-(-(h + WRAP_MARGIN) // h), -(-(w + WRAP_MARGIN) // w))
                 _EVALUATED[key] = (np.tile(scene, reps)[:h + WRAP_MARGIN, :w + WRAP_MARGIN].copy(), fill)
             else:
-                _EVALUATED[key] = _evaluate_scene(scene_id, expression, product)
+                _EVALUATED[key] = _evaluate_scene(scene_id, expression)
         return _EVALUATED[key]
 
 
-def _evaluate_scene(scene_id: str, expression: str, product: str = "toa") -> tuple[np.ndarray, np.ndarray]:
+def _evaluate_scene(scene_id: str | tuple, expression: str) -> tuple[np.ndarray, np.ndarray]:
     expr = json.loads(expression)
     values = expr["values"]
-    result = _evaluate(values, values[expr["result"]], _source_bands(scene_id, product))
-    fill = _evaluate(values, values[expr["result"]], FILL_PIXELS[product])
+    result = _evaluate(values, values[expr["result"]], _look_bands(scene_id))
+    fill = _evaluate(values, values[expr["result"]], _fill_pixel(scene_id))
     if not isinstance(result, dict) or not result:
         raise RequestError(400, "computePixels needs an Image expression")
-    shape = _source_bands(scene_id, product)["QA_PIXEL"].shape
+    shape = _look_bands(scene_id)["QA_PIXEL"].shape
     return (_structured({k: np.broadcast_to(v, shape) for k, v in result.items()}),
             _structured({k: np.broadcast_to(v, (1, 1)) for k, v in fill.items()}))
 
@@ -322,7 +365,7 @@ def render(asset: str, expression: str, grid: dict) -> np.ndarray:
     at = grid["affineTransform"]
     rows = _indices(at["translateY"], at["scaleY"], h, s.transform.f, s.transform.e)
     cols = _indices(at["translateX"], at["scaleX"], w, s.transform.c, s.transform.a)
-    scene, fill = evaluated_scene(image.scene, expression, product=image.product)
+    scene, fill = evaluated_scene(image.look, expression)
     H, W = scene.shape
     in_r = (rows >= 0) & (rows < H * image.tiles)
     in_c = (cols >= 0) & (cols < W * image.tiles)
@@ -330,7 +373,7 @@ def render(asset: str, expression: str, grid: dict) -> np.ndarray:
     if np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1) and r0 + h <= H and c0 + w <= W:
         out = scene[r0:r0 + h, c0:c0 + w].copy()  # consecutive pixels inside one copy of the scene: a slice
     elif np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1) and h <= WRAP_MARGIN and w <= WRAP_MARGIN:
-        out = evaluated_scene(image.scene, expression, wrapped=True, product=image.product)[0][r0:r0 + h, c0:c0 + w].copy()
+        out = evaluated_scene(image.look, expression, wrapped=True)[0][r0:r0 + h, c0:c0 + w].copy()
     else:
         out = scene[(rows % H)[:, None], (cols % W)[None, :]]
     out[~in_r, :] = fill[0, 0]
@@ -420,11 +463,12 @@ def _match(image_id: str, flt: dict) -> bool:
             and all(r.intersects(footprint_lonlat(image.scene, image.tiles)) for r in flt["regions"]))
 
 
-def _band_listing(product: str) -> list[tuple[str, str]]:
+def _band_listing(image: FakeImage) -> list[tuple[str, str]]:
     """(band id, precision) of an image's listed bands."""
-    if product == "sr":
-        return [("SR_B1", "INT"), ("SR_B2", "INT"), ("SR_B3", "INT"), ("QA_PIXEL", "INT")]
-    return [("B1", "FLOAT"), ("B2", "FLOAT"), ("B3", "FLOAT"), ("QA_PIXEL", "INT")]
+    names = sorted({"B1", "B2", "B3", *image.bands})
+    if image.product == "sr":
+        return [(f"SR_{b}", "INT") for b in names] + [("QA_PIXEL", "INT")]
+    return [(b, "FLOAT") for b in names] + [("QA_PIXEL", "INT")]
 
 
 # --------------------------------------------------------------------------- server
@@ -547,7 +591,7 @@ class FakeEarthEngine:
                        "geometry": shapely.geometry.mapping(footprint_lonlat(FAKE_IMAGES[iid].scene, FAKE_IMAGES[iid].tiles)),
                        "properties": {"CLOUD_COVER": FAKE_IMAGES[iid].cloud},
                        "bands": [{"id": b, "dataType": {"precision": precision}, "grid": _grid(FAKE_IMAGES[iid])}
-                                 for b, precision in _band_listing(FAKE_IMAGES[iid].product)]}
+                                 for b, precision in _band_listing(FAKE_IMAGES[iid])]}
                       for iid in sorted(FAKE_IMAGES) if iid.startswith(parent + "/") and _match(iid, flt)]
             return self._json(h, {"assets": json.loads(json.dumps(images))})
         self._error(h, 404, f"fake Earth Engine has no GET {url.path}")
@@ -600,7 +644,7 @@ class FakeEarthEngine:
         if fmt not in ("NPY", "GEO_TIFF"):
             raise RequestError(400, f"fake server serves fileFormat NPY and GEO_TIFF, not {fmt}")
         dims = req["grid"]["dimensions"]
-        scene, _ = evaluated_scene(FAKE_IMAGES[asset].scene, expression, product=FAKE_IMAGES[asset].product)
+        scene, _ = evaluated_scene(FAKE_IMAGES[asset].look, expression)
         size = int(dims["width"]) * int(dims["height"]) * sum(scene.dtype[k].itemsize + 1 for k in scene.dtype.names)
         if size > self.max_request_bytes:
             with self.lock:
@@ -613,7 +657,7 @@ class FakeEarthEngine:
         if fault == "garbage":
             return [b"this is not an NPY file" * 64], "application/octet-stream"
         image = FAKE_IMAGES[asset]
-        key = (image.scene, image.tiles, image.product, expression, json.dumps(req["grid"], sort_keys=True), fmt)
+        key = (image.look, image.tiles, expression, json.dumps(req["grid"], sort_keys=True), fmt)
         with self.lock:
             if key in self._answers and fault is None:
                 self._answers.move_to_end(key)

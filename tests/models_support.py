@@ -41,6 +41,19 @@ def single_thread():
         yield
 
 
+@pytest.fixture
+def deterministic_torch():
+    """Deterministic kernels where torch has them (warn where it has none), as
+    ``TrainConfig.deterministic`` sets them in :func:`models.train.train`; the previous global
+    setting is restored afterwards, so it does not leak into later tests."""
+    old, old_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old, warn_only=old_warn)
+
+
 @pytest.fixture(scope="session")
 def prepared_store_template(real_store_template, tmp_path_factory) -> Path:
     from pipeline.prepare import prepare_store

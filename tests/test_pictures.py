@@ -55,6 +55,16 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _wait_until_answers(url: str, proc: subprocess.Popen, limit_s: float = 120.0) -> None:
+    """Poll ``url`` until it answers 200 while ``proc`` runs. ``limit_s`` is a hang guard (a
+    server's start-up on 2 busy cores can take many seconds), not a speed requirement."""
+    deadline = time.monotonic() + limit_s
+    while not _answers(url):
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else f"exit {proc.returncode}"
+        assert time.monotonic() < deadline, f"{url} did not answer within {limit_s:g} s"
+        time.sleep(0.1)
+
+
 def _png(path: Path, value: int) -> Path:
     Image.fromarray(np.full((8, 12, 3), value, np.uint8)).save(path, format="PNG")
     return path
@@ -68,11 +78,7 @@ def picture_server(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            if _answers(url + "/health"):
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.1)
+        _wait_until_answers(url + "/health", proc)
         yield PictureServer(url=url, root=root)
     finally:
         proc.terminate()
@@ -221,10 +227,7 @@ def test_the_prefect_ui_shows_every_picture_in_headless_chromium(demo_run):
     driver = subprocess.Popen(["chromedriver", f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            if _answers(base + "/status"):
-                break
-            time.sleep(0.1)
+        _wait_until_answers(base + "/status", driver)
         caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
             "binary": shutil.which("chromium"), "args": CHROME_FLAGS}}}}
         session = "/session/" + _webdriver(base, "POST", "/session", caps)["sessionId"]
@@ -237,7 +240,8 @@ def test_the_prefect_ui_shows_every_picture_in_headless_chromium(demo_run):
                 continue
             _webdriver(base, "POST", session + "/url", {"url": f"{ui}/artifacts/artifact/{artifact['id']}"})
             shown: list = []
-            for _ in range(120):  # the page is a single-page app: wait until it rendered and loaded them
+            deadline = time.monotonic() + 300  # a hang guard: the single-page app renders, then loads them
+            while time.monotonic() < deadline:
                 shown = _webdriver(base, "POST", session + "/execute/sync", {"script": script, "args": [env[URL_ENV]]})
                 if len(shown) == len(urls) and all(complete for _, complete, _ in shown):
                     break

@@ -1,5 +1,15 @@
 """The model shipped in models/weights: it loads, its config matches its weights, it fills real
-test patches better than the mean colour, and `edgefill inpaint IN OUT` uses it with no --model."""
+test patches better than its own harmonic prefill (what an untrained residual G2 returns), and
+`edgefill inpaint IN OUT` uses it with no --model.
+
+Why the prefill and not the mean colour: the prefill alone scores 0.47-0.78 of the mean-colour
+hole L1 on these patches, so "beats the mean colour" holds for a G2 that learned nothing. The
+shipped model adds little over its prefill (its card: +0.06 dB test hole PSNR on average), so
+the claim tested is that small gain, judged against its spread over patches: on the 16 test
+pairs (first of every mask kind and hole-ratio bin) the per-pair hole-L1 ratio model / prefill
+is 0.977-1.017, mean 0.9914, standard error 0.0027, i.e. the mean gain is 3.2 standard errors
+(all 128 test pairs: 0.9919, 6.7 standard errors). Fixed weights and fixed pairs: machine-to-
+machine differences are float rounding (< 1e-5 of the ratio); an untrained G2 scores exactly 1."""
 from __future__ import annotations
 
 import json
@@ -47,17 +57,47 @@ def test_a_default_model_is_shipped_small_and_consistent(fresh_user):
         assert needed in card, needed
 
 
-def test_shipped_model_beats_the_mean_colour_fill_on_real_test_patches(prepared_store_template, fresh_user):
+MIN_GAIN_SE = 2.0      # mean gain over the prefill, in standard errors over the pairs (measured: 3.2)
+WORST_RATIO = 1.05     # no pair's hole L1 above 1.05 x the prefill's (measured worst: 1.017; all 128 pairs: 1.033)
+
+
+@pytest.fixture(scope="module")
+def scored_test_pairs(prepared_store_template):
+    """The 16 test pairs (first of every mask kind and hole-ratio bin) and the prefill's records."""
     ds = EvalPairs(prepared_store_template, "test")
     keep = select_pairs(ds, 1)
-    records = score_pairs(ds, keep, ModelFill.load("current"), ("model",))
-    model_l1 = np.mean([r["hole_l1"] for r in records])
-    mean_l1 = []
-    for i in keep:
-        stored, hole = ds.stored(i)
-        unit = ds.radiometry.to_unit(stored)
-        mean_l1.append(np.abs(unit[:, hole] - unit[:, ~hole].mean(axis=1, keepdims=True)).mean())
-    assert model_l1 < 0.8 * np.mean(mean_l1), (model_l1, np.mean(mean_l1))
+    return ds, keep, score_pairs(ds, keep, None, ("harmonic",))
+
+
+def _gain_over_prefill(model_records: list[dict], prefill_records: list[dict]) -> tuple[float, float, float]:
+    """(mean, standard error, worst) of the per-pair hole-L1 ratio model / prefill."""
+    ratios = np.array([m["hole_l1"] / p["hole_l1"] for m, p in zip(model_records, prefill_records, strict=True)])
+    return float(ratios.mean()), float(ratios.std(ddof=1) / np.sqrt(len(ratios))), float(ratios.max())
+
+
+def _improves_on_prefill(mean: float, se: float) -> bool:
+    return 1 - mean > MIN_GAIN_SE * se and se > 0
+
+
+def test_shipped_model_improves_on_its_own_prefill_on_real_test_patches(scored_test_pairs, fresh_user):
+    ds, keep, prefill = scored_test_pairs
+    mean, se, worst = _gain_over_prefill(score_pairs(ds, keep, ModelFill.load("current"), ("model",)), prefill)
+    assert _improves_on_prefill(mean, se), (f"hole L1 / prefill's: mean {mean:.4f}, gain {(1 - mean) / se:.2f} standard "
+                                            f"errors ({se:.4f}) vs threshold {MIN_GAIN_SE}")
+    assert worst < WORST_RATIO, f"worst pair's hole L1 / prefill's {worst:.4f} vs threshold {WORST_RATIO}"
+
+
+def test_an_untrained_g2_does_not_pass_for_the_shipped_model(scored_test_pairs, fresh_user):
+    """The criterion above rejects the shipped G1 with a fresh G2 (zero residual: the prefill)."""
+    from models.networks import build_networks
+
+    ds, keep, prefill = scored_test_pairs
+    bundle = load_model("current")
+    torch.manual_seed(0)
+    g2 = build_networks(bundle.model_config)["g2"].eval()
+    fill = ModelFill(bundle.edge_generator, g2, bundle.radiometry, bundle.edge_params, bundle.patch_size)
+    mean, se, _ = _gain_over_prefill(score_pairs(ds, keep, fill, ("model",)), prefill)
+    assert mean == pytest.approx(1.0, abs=1e-4) and not _improves_on_prefill(mean, se), (mean, se)
 
 
 def test_inpaint_with_no_model_option_uses_the_shipped_model(fresh_user):

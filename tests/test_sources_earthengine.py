@@ -1,11 +1,18 @@
 """EarthEngineSource on the GENUINE earthengine-api client against a fake EE REST server
 (127.0.0.1) that answers from real bundled scenes and enforces Earth Engine's quotas (40
-concurrent requests, 100 requests/s, 48 MiB a request); only the network boundary is faked."""
+concurrent requests, 100 requests/s, 48 MiB a request); only the network boundary is faked.
+
+No verdict depends on load or thread scheduling: requests that must be in flight together are
+held by the fake until the test saw them (``FakeEarthEngine(hold=...)``), time bounds are lower
+bounds that sleeps guarantee, and the rate tests keep a factor of 2 between a client's pace and
+the server's quota (jitter up to a second cannot turn one into the other)."""
 from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import google.oauth2.credentials
 import numpy as np
@@ -248,13 +255,36 @@ def test_only_transport_and_http_failures_are_retried():
     assert with_retries(flaky, "x", max_attempts=5, backoff_s=0.0) == "ok" and len(calls) == 4
 
 
+def _wait_for(condition, what: str, limit_s: float = 120.0) -> None:
+    """Poll ``condition`` (a hang guard, not a timing claim: the limit only ends a broken run)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"never saw {what} within {limit_s:g} s"
+        time.sleep(0.01)
+
+
+def _held_fetch(src, requests, release: threading.Event, until, what: str) -> list:
+    """``src.fetch_many(requests)`` in a thread against a fake holding every accepted request;
+    releases them once ``until()`` holds (or the fetch ended); returns the patches."""
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(src.fetch_many, requests)
+        try:
+            _wait_for(lambda: until() or job.done(), what)
+        finally:
+            release.set()
+        return job.result()
+
+
 def test_server_rejects_over_concurrency_with_429_and_client_retries(tmp_path):
     """Above its concurrency quota the fake answers 429 at once (as Earth Engine does, never queueing);
-    the client backs off and every patch still arrives."""
-    with FakeEarthEngine(latency_s=0.3, max_concurrent=3) as fake:
+    the client backs off and every patch still arrives. The 3 accepted requests are held until a 4th
+    was refused, so the refusal does not depend on how fast the client's threads start."""
+    release = threading.Event()
+    with FakeEarthEngine(max_concurrent=3, hold=release) as fake:
         src = EarthEngineSource(ee_config(tmp_path, fake.url, max_cloud_fraction=1.0, concurrency=8,
                                           backoff_s=0.2, max_attempts=8), credentials=TOKEN)
-        patches = src.fetch_many([a_request()] * 12)
+        patches = _held_fetch(src, [a_request()] * 12, release,
+                              lambda: fake.in_flight == 3 and fake.rejected["concurrency"] > 0, "a refused 4th request")
         src.close()
     assert all(p.pixels is not None for p in patches)
     assert fake.rejected["concurrency"] > 0 and fake.max_in_flight == 3
@@ -262,14 +292,18 @@ def test_server_rejects_over_concurrency_with_429_and_client_retries(tmp_path):
 
 
 def test_server_enforces_request_rate_and_paced_client_stays_under_it(tmp_path):
+    """A client allowed 100 requests/s with 20 on the wire sends its 20 within ~0.2 s: the fake's
+    10-per-second window refuses some. A client paced at 5/s (half the quota: 11 starts span 2 s,
+    so only a stall of over a second could squeeze them into one window) is never refused."""
     with FakeEarthEngine(max_requests_per_s=10) as fake:
         cfg = ee_config(tmp_path, fake.url, max_cloud_fraction=1.0, concurrency=10, backoff_s=0.3, max_attempts=8)
-        fast = EarthEngineSource(cfg.model_copy(update={"max_requests_per_s": 100.0}), credentials=TOKEN)
+        fast = EarthEngineSource(cfg.model_copy(update={"max_requests_per_s": 100.0, "concurrency": 20}),
+                                 credentials=TOKEN)
         assert all(p.pixels is not None for p in fast.fetch_many([a_request()] * 20))
         fast.close()
         rejected = fake.rejected["rate"]
         time.sleep(1.1)  # let the window drain
-        paced = EarthEngineSource(cfg.model_copy(update={"max_requests_per_s": 9.0}), credentials=TOKEN)
+        paced = EarthEngineSource(cfg.model_copy(update={"max_requests_per_s": 5.0}), credentials=TOKEN)
         assert all(p.pixels is not None for p in paced.fetch_many([a_request()] * 12))
         paced.close()
     assert rejected > 0 and fake.rejected["rate"] == rejected  # the paced client was never refused
@@ -350,8 +384,18 @@ def _timed_fetch(tmp_path, latency_s, n, **kw):
 
 
 def test_concurrent_requests_are_capped(tmp_path):
-    elapsed, peak = _timed_fetch(tmp_path, 0.3, 18, concurrency=6)
-    assert peak == 6 and elapsed >= 0.9  # 3 full rounds of 6, never more than 6 on the wire
+    """18 requests, at most 6 on the wire: the fake holds the accepted ones until 6 are in flight
+    (so 6 at once is seen whatever the load), then each takes 0.3 s: 3 rounds at least."""
+    release = threading.Event()
+    with FakeEarthEngine(latency_s=0.3, hold=release) as fake:
+        src = EarthEngineSource(ee_config(tmp_path, fake.url, max_cloud_fraction=1.0, concurrency=6), credentials=TOKEN)
+        src.initialize()
+        t0 = time.perf_counter()
+        patches = _held_fetch(src, [a_request()] * 18, release, lambda: fake.in_flight == 6, "6 requests in flight")
+        elapsed = time.perf_counter() - t0
+        src.close()
+    assert all(p.pixels is not None for p in patches) and fake.counts["computePixels"] == 18
+    assert fake.max_in_flight == 6 and elapsed >= 0.9  # never more than 6 on the wire (a lower bound: sleeps)
 
 
 def test_request_rate_is_paced(tmp_path):

@@ -1,4 +1,15 @@
-"""Training on real patches: learning, outputs, stage switching, NaN guard, bad input."""
+"""Training on real patches: learning, outputs, stage switching, NaN guard, bad input.
+
+The learning tests' verdicts do not depend on the machine. Each run is seeded
+(``TrainConfig.seed``), single-threaded (``single_thread``) and uses torch's deterministic
+kernels where it has them (``TrainConfig.deterministic`` / ``deterministic_torch``:
+``torch.use_deterministic_algorithms(True, warn_only=True)``), so a machine repeats its own
+result. Another CPU (instruction set, oneDNN/MKL kernels) or another torch/numpy version still
+rounds differently, and a short GAN run amplifies that like a change of seed; so each learning
+test asserts a quantity that 3 seeds (0, 1, 2) all clear by at least 3 times their spread, with
+the values in its docstring, and :func:`test_trainers_that_do_not_update_fail_the_learning_criteria`
+shows the same criteria reject a run whose learning rate is 0. Failure messages print the
+measured value beside the threshold."""
 from __future__ import annotations
 
 import json
@@ -79,67 +90,105 @@ def slc_store(real_store_template, tmp_path_factory):
     return path
 
 
-def _validation_records(store, run_dir):
+def _validation_records(store, run_dir, methods=("model",)):
     from models.evaluate import ModelFill, score_pairs, select_pairs
     from pipeline.dataset import EvalPairs
 
     ds = EvalPairs(store, "validation")
     keep = [i for i in select_pairs(ds, 2) if ds.mask_kind[ds.pairings[i, 1]] == "slc_off"]
-    return ds, keep, score_pairs(ds, keep, ModelFill.load(run_dir), ("model",))
+    return ds, keep, score_pairs(ds, keep, ModelFill.load(run_dir), methods)
+
+
+# --- G1: 300 steps stop the untrained G1's flood of edges (validation edge MAPE, end / start)
+G1_STEPS = 300
+G1_MAX_MAPE_RATIO = 0.02
+
+
+def _g1_cfg(max_steps: int = G1_STEPS, **train_kw) -> ModelConfig:
+    train_kw = {"lr_g": 5e-4, "lr_d": 5e-5, **train_kw}
+    cfg = tiny_cfg(mode="edge", max_steps=max_steps, batch_size=8, crop_size=64, betas=(0.5, 0.999), log_every=50,
+                   checkpoint_every=1000, deterministic=True, **train_kw)
+    return cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"max_stage1_epochs": 10_000,
+                                                                              "mape_patches": 8})})
+
+
+def _g1_mape_ratio(summary) -> tuple[float, float]:
+    """(validation edge MAPE after training / before it, before it) on the run's 8 held-out pairs."""
+    start = summary.held_out_start["edge_mape"]
+    return summary.held_out_end["edge_mape"] / start, start
 
 
 @pytest.mark.slow
-def test_g1_learns_edges_that_beat_an_all_zero_map_on_validation(slc_store, tmp_path):
-    """300 steps of G1 on real patches: on validation its edge map finds more true edges than it
-    invents (tolerant MAPE < 1, the score of an all-zero map) and its edge F1 beats the all-zero
-    map's 0. An untrained G1 floods the hole with edges (MAPE in the hundreds)."""
-    from models.evaluate import validation_scores
-    from models.metrics import EdgeCounts
+@pytest.mark.usefixtures("deterministic_torch")
+def test_g1_learns_that_edges_in_a_hole_are_sparse(slc_store, tmp_path):
+    """300 steps of G1 on real patches. An untrained G1 floods the hole with edges: validation
+    tolerant edge MAPE 198 / 204 / 133 (seeds 0 / 1 / 2, 8 held-out pairs). Trained, it is down to
+    1.0 / 1.0 / 0.98, i.e. end / start = 0.0051 / 0.0049 / 0.0074 (spread 0.0025): asserted
+    end / start < 0.02 (margin 0.0126 = 5 x the spread; lr 0 scores 1.02, negated gradients 1.20).
 
-    cfg = tiny_cfg(mode="edge", max_steps=300, batch_size=8, crop_size=64, lr_g=5e-4, lr_d=5e-5, betas=(0.5, 0.999),
-                   log_every=50, checkpoint_every=1000)
-    cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"max_stage1_epochs": 10_000})})
-    summary = train(slc_store, tmp_path / "g1", cfg, progress=False)
-    assert summary.held_out_start["edge_mape"] > 10           # untrained: edges everywhere
-    ds, keep, records = _validation_records(slc_store, tmp_path / "g1")
-    counts = sum((r["edge_counts"] for r in records), EdgeCounts())
-    assert validation_scores(records)["edge_mape"] < 1.0      # all-zero map: exactly 1
-    assert counts.scores()["edge_f1"] > 0                     # all-zero map: 0
+    Not asserted, because 300 steps do not reliably learn it: that G1 finds more true edges than it
+    invents (MAPE < 1, the all-zero map's score) or where they run. On the scan-gap validation pairs
+    its MAPE was 1.0 / 1.0 / 0.975 and its edge F1 0 / 0 / 0.12 after 300 steps (150 steps:
+    0.92 / 0.94 / 1.01, F1 0.20 / 0.13 / 0; 600 steps: 1.005 / 1.0 / 0.96, F1 0.29 / 0.15 / 0.31);
+    one machine with the newest dependencies scored 1.22. Such short GAN runs learn the sparsity
+    of edges first; where edges continue comes and goes from one hundred steps to the next."""
+    summary = train(slc_store, tmp_path / "g1", _g1_cfg(), progress=False)
+    ratio, start = _g1_mape_ratio(summary)
+    assert start > 50, f"untrained G1's validation edge MAPE {start:.1f}: expected a flood of edges (> 50)"
+    assert ratio < G1_MAX_MAPE_RATIO, (f"validation edge MAPE {summary.held_out_end['edge_mape']:.3f} = {ratio:.4f} "
+                                       f"x the untrained G1's {start:.1f} vs threshold {G1_MAX_MAPE_RATIO}")
+
+
+# --- G2: 150 joint steps of the demo recipe beat G2's own prefill on validation (hole L1 ratio)
+G2_STEPS = 150
+G2_MAX_L1_RATIO = 0.996
+
+
+def _g2_cfg(max_steps: int = G2_STEPS, **train_kw) -> ModelConfig:
+    train_kw = {"lr_g": 5e-4, "lr_d": 5e-5, **train_kw}
+    return ModelConfig.demo(max_steps=max_steps, batch_size=8, crop_size=64, log_every=50, checkpoint_every=1000,
+                            sample_every=1000, deterministic=True, **train_kw)
+
+
+def _g2_l1_ratio(store, run_dir) -> float:
+    """Mean validation hole L1 of the model / of the harmonic prefill, on the same scan-gap pairs."""
+    _, _, records = _validation_records(store, run_dir, ("model", "harmonic"))
+    l1 = {m: np.mean([r["hole_l1"] for r in records if r["method"] == m]) for m in ("model", "harmonic")}
+    return float(l1["model"] / l1["harmonic"])
 
 
 @pytest.mark.slow
-def test_g2_learns_beyond_its_prefill_and_beats_the_mean_colour_fill(slc_store, tmp_path):
-    """300 joint steps of the shipped recipe (tiny): on the samples it trained on, G2's hole L1
-    falls below the harmonic prefill it starts from (a trainer that does not update, or updates
-    the wrong way, fails this); on validation it beats the mean-colour fill."""
-    from models.checkpoint import load_inference_bundle
-    from models.data import collate, epoch_batches
-    from models.losses import hole_mean_l1
-    from models.networks import edge_connect_forward, smooth_fill
-    from pipeline.dataset import TrainingSamples
+@pytest.mark.usefixtures("deterministic_torch")
+def test_g2_learns_beyond_its_prefill_on_validation(slc_store, tmp_path):
+    """150 joint steps of the demo recipe (tiny; G2 = harmonic prefill + a learned residual that
+    starts at 0, so an untrained G2 IS the prefill: ratio 1.000). The prefill is the baseline, not
+    the mean colour: the prefill alone is 0.47-0.78 of the mean colour's hole L1 on the shipped model's test pairs, so beating the
+    mean colour says nothing about learning.
 
-    cfg = ModelConfig.demo(max_steps=300, batch_size=8, crop_size=64, lr_g=5e-4, lr_d=5e-5, log_every=50,
-                           checkpoint_every=1000, sample_every=1000)
-    summary = train(slc_store, tmp_path / "g2", cfg, progress=False)
-    bundle = load_inference_bundle(tmp_path / "g2")
-    samples = TrainingSamples(slc_store, crop_size=64, seed=cfg.train.seed)
-    keys = [k for e in range(summary.epochs - 4, summary.epochs) for b in epoch_batches(len(samples), 8, e, cfg.train.seed)
-            for k in b]  # the last four epochs' samples
-    batch = collate([samples[k] for k in keys])
-    with torch.no_grad():
-        rgb, _ = edge_connect_forward(bundle.edge_generator, bundle.inpaint_generator, batch["image"],
-                                      batch["known_edges"], batch["mask"])
-        known = 1 - batch["mask"]
-        prefill = smooth_fill(batch["image"] * known, known)
-    learned = hole_mean_l1(rgb, batch["image"], batch["mask"]).item()
-    assert learned < 0.99 * hole_mean_l1(prefill, batch["image"], batch["mask"]).item()
-    ds, keep, records = _validation_records(slc_store, tmp_path / "g2")
-    mean_colour = []
-    for i in keep:
-        stored, hole = ds.stored(i)
-        unit = ds.radiometry.to_unit(stored)
-        mean_colour.append(np.abs(unit[:, hole] - unit[:, ~hole].mean(axis=1, keepdims=True)).mean())
-    assert np.mean([r["hole_l1"] for r in records]) < np.mean(mean_colour)
+    Validation hole L1 of the model / of the prefill on the scan-gap pairs: 0.9903 / 0.9914 /
+    0.9916 (seeds 0 / 1 / 2; spread 0.0013); asserted < 0.996 (margin 0.0044 = 3.4 x the spread;
+    the prefill's 1.000 is 3 x the spread above it). Measured, not asserted: 300 steps are no
+    better (0.9908 / 0.9911 / 0.9854, spread 0.0057); on the samples it trained on (the last 4
+    epochs' crops) the ratio is 0.955 / 0.970 / 0.964 - further from 1 but too spread (0.015)
+    for a threshold 3 spreads from the seeds and below 1. In PSNR the gain is about 0 dB (G2
+    trains on L1): a short CPU run shaves ~1 % off the prefill's L1 and no more."""
+    train(slc_store, tmp_path / "g2", _g2_cfg(), progress=False)
+    ratio = _g2_l1_ratio(slc_store, tmp_path / "g2")
+    assert ratio < G2_MAX_L1_RATIO, f"validation hole L1 / prefill's {ratio:.4f} vs threshold {G2_MAX_L1_RATIO}"
+
+
+@pytest.mark.usefixtures("deterministic_torch")
+def test_trainers_that_do_not_update_fail_the_learning_criteria(slc_store, tmp_path):
+    """The two learning criteria above reject runs with learning rate 0 (a few steps suffice: the
+    weights never move; measured: G1's MAPE ratio 1.02, G2's hole-L1 ratio 1.000). Runs that ascend
+    their losses instead (gradients negated, the full step counts, seed 0) were measured once: G1's
+    MAPE ratio 1.20, G2's hole-L1 ratio 41 - both fail too."""
+    g1 = train(slc_store, tmp_path / "g1", _g1_cfg(max_steps=10, lr_g=0.0, lr_d=0.0), progress=False)
+    ratio, start = _g1_mape_ratio(g1)
+    assert not ratio < G1_MAX_MAPE_RATIO, f"G1 with lr 0: MAPE ratio {ratio:.4f} (of {start:.1f}) passed"
+    train(slc_store, tmp_path / "g2", _g2_cfg(max_steps=10, lr_g=0.0, lr_d=0.0), progress=False)
+    ratio = _g2_l1_ratio(slc_store, tmp_path / "g2")
+    assert ratio == pytest.approx(1.0, abs=1e-4) and not ratio < G2_MAX_L1_RATIO, f"G2 with lr 0: ratio {ratio:.5f}"
 
 
 class _LossSpy:

@@ -1,6 +1,10 @@
 """Through the users' entry points (``python -m models.train`` / torchrun): exact resume after
 SIGKILL for one process and for a 2-process gloo DDP run whose training set is not divisible by
-world x batch, and equal batches on every rank."""
+world x batch, and equal batches on every rank.
+
+Where the kill lands does not depend on load: a ``sitecustomize`` hook (:data:`HOLD_HOOK`) holds
+the training process right after it wrote the checkpoint of the chosen step (rank 0 holds, the
+other rank waits at the barrier), and only then are they killed - always at that step."""
 from __future__ import annotations
 
 import json
@@ -29,8 +33,34 @@ ARGS = ["--config", "tiny", "--mode", "joint", "--batch-size", "2", "--crop-size
 LOSSES = ("d1", "g1", "d2", "g2", "hole_l1", "edge_mape")
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+HOLD_ENV = "EDGEFILL_TEST_HOLD_AFTER_STEP"
+HOLD_HOOK = f'''"""Test hook (tests/test_train_distributed.py): with ${HOLD_ENV}=N, a training process
+writes RUN_DIR/held after its checkpoint of step N and then waits to be killed."""
+import os
+
+if os.environ.get("{HOLD_ENV}"):
+    import time
+    from pathlib import Path
+
+    import models.checkpoint as _checkpoint
+
+    _save, _at = _checkpoint.save_checkpoint, int(os.environ["{HOLD_ENV}"])
+
+    def save_checkpoint(run_dir, payload, *, step, **kw):
+        path = _save(run_dir, payload, step=step, **kw)
+        if step >= _at:
+            (Path(run_dir) / "held").write_text(str(step))
+            while True:
+                time.sleep(1)
+        return path
+
+    _checkpoint.save_checkpoint = save_checkpoint
+'''
+
+
+def _env(hook_dir: Path | None = None) -> dict:
+    path = str(ROOT) if hook_dir is None else os.pathsep.join([str(hook_dir), str(ROOT)])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
 def _cfg(max_steps: int):
@@ -39,19 +69,24 @@ def _cfg(max_steps: int):
                         overrides=[flags[i + 1] for i in range(0, len(flags), 2)])
 
 
-def _kill_after(cmd: list[str], run: Path, step: int, timeout: float = 180) -> int:
-    """Start ``cmd``; once a checkpoint at ``step`` or later exists, SIGKILL it and every process it
-    started (torchrun's ranks live in sessions of their own); returns the step left behind."""
+def _kill_after(cmd: list[str], run: Path, step: int, timeout: float = 600) -> int:
+    """Start ``cmd`` held after its checkpoint of ``step`` (:data:`HOLD_HOOK`); once it holds,
+    SIGKILL it and every process it started (torchrun's ranks live in sessions of their own);
+    returns the step of ``last.pt`` left behind. ``timeout`` only ends a run that never gets there."""
     import psutil
 
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    hook_dir = run.parent / f"{run.name}-hook"
+    hook_dir.mkdir()
+    (hook_dir / "sitecustomize.py").write_text(HOLD_HOOK)
+    env = {**_env(hook_dir), HOLD_ENV: str(step)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
-    deadline = time.time() + timeout
+    deadline = time.monotonic() + timeout
     try:
-        while not any(int(p.stem.split("-")[1]) >= step for p in (run / "checkpoints").glob("step-*.pt")):
+        while not (run / "held").exists():
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.time() < deadline, f"no checkpoint {step} within {timeout} s"
-            time.sleep(0.02)
+            assert time.monotonic() < deadline, f"no checkpoint {step} within {timeout} s"
+            time.sleep(0.05)
     finally:
         family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         for pid in family:
@@ -61,6 +96,7 @@ def _kill_after(cmd: list[str], run: Path, step: int, timeout: float = 180) -> i
                 pass
         proc.wait()
         psutil.wait_procs([psutil.Process(p) for p in family[1:] if psutil.pid_exists(p)], timeout=10)
+    (run / "held").unlink()
     return load_checkpoint(run / "checkpoints" / "last.pt")["step"]
 
 
@@ -93,7 +129,7 @@ def test_exact_resume_after_sigkill(prepared_store, tmp_path):
     killed = tmp_path / "killed"
     at_kill = _kill_after([sys.executable, "-m", "models.train", str(prepared_store), "--out", str(killed),
                            "--max-steps", "100000", "--no-progress", *ARGS], killed, 4)
-    assert 4 <= at_kill < steps
+    assert at_kill == 4
     resumed = train(prepared_store, killed, _cfg(steps), progress=False)
     assert resumed.steps == steps and resumed.stage == 2 and resumed.stage_switch_step == 3
     _assert_same_losses(killed, ref, at_kill + 1, steps)
@@ -116,9 +152,8 @@ def test_two_process_gloo_run_resumes_mid_epoch_after_sigkill(prepared_store, tm
     run = tmp_path / "ddp-killed"
     cmd = torchrun_command(prepared_store, run, 2, [*ARGS, "--max-steps", "100000"])
     at_kill = _kill_after(cmd, run, 3)
-    assert 3 <= at_kill < steps
-    if at_kill % 2:  # 2 batches per epoch: an odd step is mid-epoch
-        assert load_checkpoint(run / "checkpoints" / "last.pt")["data_position"]["batch"] == 1
+    assert at_kill == 3  # 2 batches per epoch: step 3 is mid-epoch
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["data_position"]["batch"] == 1
     launch_torchrun(prepared_store, run, 2, [*ARGS, "--max-steps", str(steps)], threads_per_proc=1, timeout=240)
     _assert_same_losses(run, ref, at_kill + 1, steps)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["stage_switch_step"] == ckpt["stage_switch_step"] == 3

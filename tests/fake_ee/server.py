@@ -39,7 +39,9 @@ answers themselves are kept for identical requests (other dates of the same scen
 Faults are injectable: ``latency_s`` per computePixels (total server time, rendering included),
 ``faults`` (a FIFO consumed one per accepted computePixels call: "429", "503", "timeout",
 "truncated", "garbage" (a 200 body that is no NPY), "wrong_shape" (a valid NPY of another
-shape)) and ``always`` (a fault applied to every accepted call).
+shape)) and ``always`` (a fault applied to every accepted call). ``hold`` (a ``threading.Event``):
+every accepted computePixels call waits until it is set - a test can then see requests in flight
+at once (and the quotas refuse more) without relying on ``latency_s`` outlasting thread start-up.
 """
 from __future__ import annotations
 
@@ -478,8 +480,10 @@ class FakeEarthEngine:
 
     def __init__(self, latency_s: float = 0.0, max_concurrent: int = 40, faults: list[str] | None = None,
                  always: str | None = None, timeout_sleep_s: float = 3.0, max_requests_per_s: float = 100.0,
-                 max_request_bytes: int = MAX_REQUEST_BYTES, cache_bytes: int = 0):
+                 max_request_bytes: int = MAX_REQUEST_BYTES, cache_bytes: int = 0,
+                 hold: threading.Event | None = None):
         self.latency_s, self.always, self.timeout_sleep_s = latency_s, always, timeout_sleep_s
+        self.hold = hold  # accepted computePixels calls wait until it is set (see module docstring)
         self.max_concurrent, self.max_requests_per_s, self.max_request_bytes = max_concurrent, max_requests_per_s, max_request_bytes
         self.faults = deque(faults or [])
         self.cache_bytes = cache_bytes  # answers kept for identical requests (same scene, expression, grid)
@@ -617,6 +621,9 @@ class FakeEarthEngine:
             fault = self.faults.popleft() if self.faults else self.always
         t0 = time.perf_counter()
         try:
+            if self.hold is not None:
+                self.hold.wait(600)  # a hang guard only: the test sets it
+                t0 = time.perf_counter()
             if fault in ("429", "503"):
                 time.sleep(self.latency_s)
                 return self._error(h, int(fault), "Too many concurrent aggregations." if fault == "429"

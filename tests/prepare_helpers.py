@@ -61,8 +61,8 @@ def local_dask_cluster(workdir: Path):
         for p in reversed(procs):
             p.terminate()
         for p in procs:
-            try:
-                p.wait(timeout=20)
+            try:  # a test's own cluster: 5 s to stop cleanly (a worker retiring from a stopped scheduler
+                p.wait(timeout=5)  # waits ~20 s for it), then it is killed
             except subprocess.TimeoutExpired:  # a worker still retiring under load: never leak it
                 p.kill()
                 p.wait(timeout=20)

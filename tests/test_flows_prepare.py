@@ -94,7 +94,7 @@ def test_flow_on_an_existing_scheduler_by_address(prefect_harness, dask_schedule
 def test_unreachable_scheduler_fails_the_flow_clearly(prefect_harness, real_store):
     from flows.prepare import prepare_dataset_flow
 
-    state = prepare_dataset_flow(_config(real_store, "tcp://127.0.0.1:1"), return_state=True)
+    state = prepare_dataset_flow(_config(real_store, "tcp://127.0.0.1:1", connect_timeout_s=3), return_state=True)
     assert state.is_failed()
     with pytest.raises(OSError, match="127.0.0.1:1"):
         state.result()

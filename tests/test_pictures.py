@@ -169,7 +169,8 @@ def demo_run(tmp_path_factory):
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
             runs = [["export-landsat/default"], ["prepare-dataset/default"],
-                    ["train-model/default", "-p", 'config={"max_steps": 3, "overrides": ["train.log_every=1"]}'],
+                    ["train-model/default", "-p", 'config={"max_steps": 3, "overrides": ["train.log_every=1"]}',
+                     "-p", "pairs_per_bin=1"],
                     ["inpaint-scene/everest-demo"]]
             waited = subprocess.run([PY, "-m", "flows.cli", "wait-for-deployments", *(r[0] for r in runs),
                                      "--timeout", "180"],
